@@ -1,0 +1,192 @@
+//! The layer stack every public response passes through, outermost first:
+//! panic catcher → request id → trace span → metrics → security headers →
+//! preflight status → CORS → body limit → routes.
+//!
+//! These are the gateway duties the original left to nginx and helmet (§1.5,
+//! §2.5–§2.7), so a Kubernetes Ingress can route by prefix with nothing else.
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderName};
+use http::{HeaderValue, Method, StatusCode};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Settings of the shared layer stack.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Origins allowed to make credentialed cross-origin requests.
+    pub cors_origins: Vec<String>,
+    /// Send `Strict-Transport-Security` (when served over https).
+    pub hsts: bool,
+    /// Maximum request body in bytes.
+    pub body_limit: usize,
+}
+
+/// The Content-Security-Policy sent on every response. API responses are data,
+/// never documents, so nothing may load or frame them.
+pub const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The request-id header (§2.7).
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request id of the current request, as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId(pub Uuid);
+
+/// Wraps `router` in the shared layer stack.
+pub fn apply(router: Router, settings: &HttpSettings, metrics: Metrics) -> Router {
+    let mut router = router
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(cors(&settings.cors_origins))
+        .layer(middleware::from_fn(preflight_no_content));
+    for (name, value) in security_headers(settings.hsts) {
+        router = router.layer(SetResponseHeaderLayer::overriding(name, value));
+    }
+    router
+        .layer(middleware::from_fn_with_state(metrics, crate::metrics::track))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let id = request
+                    .extensions()
+                    .get::<RequestId>()
+                    .map(|id| id.0.to_string())
+                    .unwrap_or_default();
+                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(middleware::from_fn(request_id))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("handler panicked").into_response()
+        }))
+}
+
+fn security_headers(hsts: bool) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = vec![
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (header::X_XSS_PROTECTION, HeaderValue::from_static("0")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+        (
+            HeaderName::from_static("cross-origin-opener-policy"),
+            HeaderValue::from_static("same-origin"),
+        ),
+        (
+            HeaderName::from_static("cross-origin-resource-policy"),
+            HeaderValue::from_static("same-origin"),
+        ),
+        (
+            HeaderName::from_static("origin-agent-cluster"),
+            HeaderValue::from_static("?1"),
+        ),
+        (
+            HeaderName::from_static("permissions-policy"),
+            HeaderValue::from_static("camera=(), microphone=(), geolocation=()"),
+        ),
+        (
+            header::X_DNS_PREFETCH_CONTROL,
+            HeaderValue::from_static("off"),
+        ),
+        (
+            HeaderName::from_static("x-download-options"),
+            HeaderValue::from_static("noopen"),
+        ),
+        (
+            HeaderName::from_static("x-permitted-cross-domain-policies"),
+            HeaderValue::from_static("none"),
+        ),
+    ];
+    if hsts {
+        headers.push((
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        ));
+    }
+    headers
+}
+
+/// CORS as §2.5: an allow-list with credentials; other origins get no
+/// `Access-Control-Allow-Origin` but are still served.
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin.trim()).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-requested-with"),
+        ])
+        .expose_headers([header::CONTENT_LENGTH, REQUEST_ID.clone()])
+        .vary([header::ORIGIN])
+}
+
+/// Preflights answer 204 No Content, as the `cors` middleware of the original.
+async fn preflight_no_content(request: Request, next: Next) -> Response {
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = next.run(request).await;
+    if preflight && response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
+}
+
+/// Echoes a valid v4 `X-Request-ID`, or assigns a fresh one (§2.7).
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| Uuid::parse_str(value).ok())
+        .filter(|id| id.get_version_num() == 4)
+        .unwrap_or_else(Uuid::new_v4);
+    let value = HeaderValue::from_str(&id.to_string()).expect("a uuid is a valid header");
+    request
+        .headers_mut()
+        .insert(REQUEST_ID.clone(), value.clone());
+    request.extensions_mut().insert(RequestId(id));
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(REQUEST_ID.clone(), value);
+    response
+}
+
+/// The route template of a request, for metric labels.
+pub fn route_label(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned())
+}

@@ -1,0 +1,17 @@
+//! Logging through `tracing`: human-readable by default, JSON on request.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Calling it twice is harmless (the second call
+/// is ignored), which keeps tests simple.
+pub fn init(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_target(true);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,103 @@
+//! Command line of the `parley` binary. Every flag also reads an environment
+//! variable; `docs/configuration.md` lists them all (a test keeps it in sync).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use parley_common::config::CommonConfig;
+use parley_user::UserConfig;
+
+/// Parley: end-to-end-encrypted chat, one binary, several services.
+#[derive(Debug, Parser)]
+#[command(name = "parley", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve one service, or all of them on one port.
+    Serve(ServeArgs),
+    /// Apply database migrations as the schema owner.
+    Migrate(MigrateArgs),
+    /// Manage JWT signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// Which services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// Every service, one port, the whole public URL layout.
+    All,
+    /// The user service: `/user/*` and `/api/user/*`.
+    User,
+}
+
+impl Target {
+    /// Whether this target includes the user service.
+    pub fn runs_user(self) -> bool {
+        matches!(self, Target::All | Target::User)
+    }
+}
+
+/// `parley serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Which services to run.
+    #[arg(long, env = "PARLEY_TARGET", value_enum, default_value_t = Target::All)]
+    pub target: Target,
+
+    /// Address to listen on.
+    #[arg(long, env = "PARLEY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub common: CommonConfig,
+
+    #[command(flatten)]
+    pub user: UserConfig,
+}
+
+/// `parley migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Which services' schemas to migrate.
+    #[arg(long, env = "PARLEY_TARGET", value_enum, default_value_t = Target::All)]
+    pub target: Target,
+
+    /// PostgreSQL URL of the schema owner (defaults to `DATABASE_URL`).
+    #[arg(long, env = "PARLEY_MIGRATE_DATABASE_URL", hide_env_values = true)]
+    pub migrate_database_url: Option<secrecy::SecretString>,
+
+    /// PostgreSQL URL (used when no owner URL is given).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<secrecy::SecretString>,
+
+    /// Runtime role to grant DML on the migrated schema(s).
+    #[arg(long, env = "PARLEY_RUNTIME_ROLE")]
+    pub runtime_role: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = parley_common::config::LogFormat::Human)]
+    pub log_format: parley_common::config::LogFormat,
+}
+
+/// `parley keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new Ed25519 signing key (`jwt-signing.pem`) and its JWK Set (`jwks.json`).
+    Generate {
+        /// Directory to write to (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Existing JWK Set whose keys are kept after the new one (rotation).
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}

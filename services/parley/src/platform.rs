@@ -1,0 +1,90 @@
+//! Composition: start the services a target names, merge their routers under
+//! the shared layers, and serve them until a signal arrives.
+
+use std::time::Duration;
+
+use axum::Router;
+use parley_common::config::ConfigError;
+use parley_common::events::Broker;
+use parley_common::metrics::Metrics;
+use parley_common::ops::HealthChecks;
+use parley_common::server;
+use parley_user::UserService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::ServeArgs;
+
+/// A started platform, ready to serve.
+pub struct Platform {
+    pub router: Router,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pools: Vec<sqlx::PgPool>,
+    grace: Duration,
+}
+
+/// Errors starting the platform.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("user service: {0}")]
+    User(#[from] parley_user::StartError),
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Platform {
+    /// Starts every service of `args.target`.
+    pub async fn start(
+        args: &ServeArgs,
+        shutdown: CancellationToken,
+    ) -> Result<Self, PlatformError> {
+        let metrics = Metrics::new();
+        let broker = Broker::start(
+            args.common.amqp_url()?,
+            args.common.events_exchange.clone(),
+            shutdown.clone(),
+        );
+        let mut routers = Vec::new();
+        let mut health = HealthChecks::default().with_broker(broker.clone());
+        let mut tasks = Vec::new();
+        let mut pools = Vec::new();
+        if args.target.runs_user() {
+            let user = UserService::start(
+                &args.common,
+                &args.user,
+                broker.clone(),
+                &metrics,
+                shutdown.clone(),
+            )
+            .await?;
+            health = health.merge(&user.health);
+            routers.push(user.router);
+            tasks.push(user.relay_task);
+            pools.push(user.pool);
+        }
+        let router = server::compose(routers, health, metrics, &args.common.http_settings());
+        Ok(Self {
+            router,
+            shutdown,
+            tasks,
+            pools,
+            grace: Duration::from_secs(args.common.shutdown_grace_secs),
+        })
+    }
+
+    /// Serves on `listener` until the shutdown token is cancelled, then flushes
+    /// background work and closes the pools.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), PlatformError> {
+        server::serve(listener, self.router, self.shutdown.clone(), self.grace).await?;
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        for pool in self.pools {
+            pool.close().await;
+        }
+        Ok(())
+    }
+}
