@@ -79,6 +79,8 @@ pub fn compose(
     for service in services {
         router = router.merge(service);
     }
-    let router = router.fallback(crate::http::error::not_found);
+    let router = router
+        .fallback(crate::http::error::not_found)
+        .method_not_allowed_fallback(crate::http::error::not_found);
     layers::apply(router, settings, metrics)
 }

@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve one service, or all of them on one port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations as the schema owner.
     Migrate(MigrateArgs),
     /// Manage JWT signing keys.

@@ -102,7 +102,7 @@ pub async fn publish_bundle(
     let bundle = body.field("bundle");
     v.check(!as_text(bundle).is_empty(), "bundle", "bundle is required");
     let object = bundle.and_then(Value::as_object).filter(|object| {
-        serde_json::to_string(object).map_or(false, |text| text.chars().count() <= MAX_BUNDLE_CHARS)
+        serde_json::to_string(object).is_ok_and(|text| text.chars().count() <= MAX_BUNDLE_CHARS)
     });
     v.check(
         object.is_some(),

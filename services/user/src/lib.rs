@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::middleware;
 use axum::routing::{get, post};
 use parley_common::auth::{
     AuthMessages, Authenticator, CookiePolicy, Revocations, TokenIssuer, USER_AUTH_MESSAGES,
@@ -27,7 +26,7 @@ use parley_common::auth::{
 use parley_common::config::{CommonConfig, ConfigError, read_file};
 use parley_common::db::{self, DbError, ServiceSchema};
 use parley_common::events::{Broker, OutboxRelay};
-use parley_common::http::rate_limit::{self, RateLimit};
+use parley_common::http::rate_limit::RateLimit;
 use parley_common::metrics::Metrics;
 use parley_common::ops::HealthChecks;
 use prometheus::IntCounterVec;
@@ -254,30 +253,16 @@ fn spawn_limit_upkeep(limits: Limits, shutdown: CancellationToken) {
     });
 }
 
-fn limited(
-    limit: &RateLimit,
-) -> axum::middleware::FromFnLayer<
-    fn(
-        axum::extract::State<RateLimit>,
-        axum::extract::Request,
-        axum::middleware::Next,
-    ) -> rate_limit::EnforceFuture,
-    RateLimit,
-    (axum::extract::State<RateLimit>, axum::extract::Request),
-> {
-    middleware::from_fn_with_state(limit.clone(), rate_limit::enforce as _)
-}
-
 /// The public router: every route under `/user` and `/api/user`.
 pub fn router(state: UserState, limits: Limits, health: HealthChecks) -> Router {
     let routes = Router::new()
         .route(
             "/register",
-            post(accounts::register).route_layer(limited(&limits.auth)),
+            post(accounts::register).route_layer(limits.auth.layer()),
         )
         .route(
             "/login",
-            post(accounts::login).route_layer(limited(&limits.auth)),
+            post(accounts::login).route_layer(limits.auth.layer()),
         )
         .route("/logout", post(accounts::logout))
         .route("/me", get(accounts::me))
@@ -285,19 +270,19 @@ pub fn router(state: UserState, limits: Limits, health: HealthChecks) -> Router 
         .route("/users/{user_id}", get(accounts::user_by_id))
         .route(
             "/prekeys",
-            post(directory::publish_bundle).route_layer(limited(&limits.prekey_publish)),
+            post(directory::publish_bundle).route_layer(limits.prekey_publish.layer()),
         )
         .route(
             "/prekeys/{user_id}",
-            get(directory::fetch_bundle).route_layer(limited(&limits.prekey_fetch)),
+            get(directory::fetch_bundle).route_layer(limits.prekey_fetch.layer()),
         )
         .route(
             "/signal-keys",
             post(directory::store_backup)
-                .route_layer(limited(&limits.prekey_publish))
-                .merge(get(directory::fetch_backup).route_layer(limited(&limits.prekey_fetch))),
+                .route_layer(limits.prekey_publish.layer())
+                .merge(get(directory::fetch_backup).route_layer(limits.prekey_fetch.layer())),
         )
-        .layer(limited(&limits.global))
+        .layer(limits.global.layer())
         .route("/health", parley_common::ops::health_route(health))
         .route("/api-docs.json", get(openapi::document))
         .fallback(parley_common::http::error::not_found)

@@ -34,6 +34,13 @@ pub fn enforce(State(limit): State<RateLimit>, request: Request, next: Next) -> 
     Box::pin(limit.enforce(request, next))
 }
 
+/// The signature of [`enforce`].
+pub type EnforceFn = fn(State<RateLimit>, Request, Next) -> EnforceFuture;
+
+/// The axum layer applying one counter to the routes it wraps.
+pub type RateLimitLayer =
+    axum::middleware::FromFnLayer<EnforceFn, RateLimit, (State<RateLimit>, Request)>;
+
 /// One rate-limit counter keyed by client IP.
 #[derive(Clone)]
 pub struct RateLimit {
@@ -77,6 +84,11 @@ impl RateLimit {
                 trust_proxy_hops,
             }),
         }
+    }
+
+    /// A layer counting every request to the routes it wraps against this counter.
+    pub fn layer(&self) -> RateLimitLayer {
+        axum::middleware::from_fn_with_state(self.clone(), enforce as EnforceFn)
     }
 
     /// Axum middleware: count the request, or answer 429.
@@ -130,6 +142,10 @@ fn set_headers(
     retry_after: Option<Duration>,
 ) {
     let headers = response.headers_mut();
+    // An inner (more specific) limiter has already described its own counter.
+    if headers.contains_key("ratelimit-limit") {
+        return;
+    }
     headers.insert("ratelimit-limit", HeaderValue::from(limit));
     headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
     headers.insert("ratelimit-reset", HeaderValue::from(ceil_secs(reset)));
