@@ -395,7 +395,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(
             CookiePolicy { secure: false }.session("T", now),
-            "jwt=T; Path=/; Expires=Thu, 16 Nov 2023 22:13:20 GMT; HttpOnly; SameSite=Lax"
+            "jwt=T; Path=/; Expires=Wed, 15 Nov 2023 22:13:20 GMT; HttpOnly; SameSite=Lax"
         );
         assert_eq!(
             CookiePolicy { secure: true }.cleared(),

@@ -101,3 +101,38 @@ pub enum KeysCommand {
         keep: Option<PathBuf>,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn env_names(command: &clap::Command, names: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                names.push(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            env_names(sub, names);
+        }
+    }
+
+    #[test]
+    fn every_environment_variable_is_documented() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let mut names = Vec::new();
+        env_names(&Cli::command(), &mut names);
+        assert!(names.len() > 20, "found {names:?}");
+        let missing: Vec<_> = names
+            .iter()
+            .filter(|name| !docs.contains(&format!("`{name}`")))
+            .collect();
+        assert!(missing.is_empty(), "undocumented settings: {missing:?}");
+    }
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}
