@@ -202,6 +202,48 @@ impl Revocations {
     }
 }
 
+/// Routing key of the event that revokes a session token everywhere.
+pub const TOKEN_REVOKED: &str = "auth.token_revoked";
+
+/// Keeps `revocations` in step with `auth.token_revoked` events from every
+/// replica of every service. Returns once the subscription exists (or after
+/// `wait` if the broker is down), so the caller can then load what was revoked
+/// before it started without a gap.
+pub async fn follow_revocations(
+    broker: crate::events::Broker,
+    revocations: Revocations,
+    wait: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Revoked {
+        jti: Uuid,
+        expires_at: i64,
+    }
+    #[derive(Deserialize)]
+    struct Envelope {
+        data: Revoked,
+    }
+    let subscribed = Arc::new(tokio::sync::Notify::new());
+    let ready = subscribed.notified();
+    crate::events::subscribe_private(
+        broker,
+        vec![TOKEN_REVOKED.to_owned()],
+        move |body| match serde_json::from_slice::<Envelope>(body) {
+            Ok(event) => revocations.revoke(event.data.jti, event.data.expires_at),
+            Err(err) => tracing::warn!(error = %err, "ignoring a malformed revocation event"),
+        },
+        subscribed.clone(),
+        shutdown,
+    );
+    if tokio::time::timeout(wait, ready).await.is_err() {
+        tracing::warn!(
+            "not yet subscribed to token revocations; they will apply once the broker is reachable"
+        );
+    }
+}
+
 /// The 401 messages of a service (they differ between services, §2.1).
 #[derive(Debug, Clone, Copy)]
 pub struct AuthMessages {

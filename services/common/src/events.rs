@@ -11,8 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use lapin::Confirmation;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use secrecy::{ExposeSecret, SecretString};
@@ -398,4 +402,94 @@ pub enum RelayError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+}
+
+/// Consumes events with the given routing keys on a private queue (exclusive,
+/// auto-deleted, alive as long as this process's connection), calling `handler`
+/// with each body. Re-subscribes after every reconnect. `subscribed` is
+/// notified each time the queue is bound, so a caller can bootstrap state from
+/// its database *after* the subscription exists and miss nothing in between.
+pub fn subscribe_private<F>(
+    broker: Broker,
+    routing_keys: Vec<String>,
+    handler: F,
+    subscribed: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(&[u8]) + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if !broker.wait_connected(Duration::from_secs(1)).await {
+                continue;
+            }
+            match consume_private(&broker, &routing_keys, &handler, &subscribed, &shutdown).await {
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, keys = ?routing_keys, "event subscription lost; re-subscribing")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    })
+}
+
+async fn consume_private<F: Fn(&[u8])>(
+    broker: &Broker,
+    routing_keys: &[String],
+    handler: &F,
+    subscribed: &Notify,
+    shutdown: &CancellationToken,
+) -> Result<(), BrokerError> {
+    let channel = broker.channel().await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for key in routing_keys {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                broker.exchange().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    subscribed.notify_waiters();
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = consumer.next() => next,
+        };
+        let Some(delivery) = delivery else {
+            return Ok(());
+        };
+        let delivery = delivery?;
+        handler(&delivery.data);
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
 }

@@ -21,6 +21,8 @@ pub struct Platform {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pools: Vec<sqlx::PgPool>,
+    background: CancellationToken,
+    broker_shutdown: CancellationToken,
     grace: Duration,
 }
 
@@ -42,10 +44,15 @@ impl Platform {
         shutdown: CancellationToken,
     ) -> Result<Self, PlatformError> {
         let metrics = Metrics::new();
+        // Shutdown runs in three stages: the HTTP server drains (`shutdown`),
+        // then background work such as outbox relays makes its final flush
+        // (`background`), then the broker connection closes (`broker_shutdown`).
+        let background = CancellationToken::new();
+        let broker_shutdown = CancellationToken::new();
         let broker = Broker::start(
             args.common.amqp_url()?,
             args.common.events_exchange.clone(),
-            shutdown.clone(),
+            broker_shutdown.clone(),
         );
         let mut routers = Vec::new();
         let mut health = HealthChecks::default().with_broker(broker.clone());
@@ -57,7 +64,7 @@ impl Platform {
                 &args.user,
                 broker.clone(),
                 &metrics,
-                shutdown.clone(),
+                background.clone(),
             )
             .await?;
             health = health.merge(&user.health);
@@ -71,6 +78,8 @@ impl Platform {
             shutdown,
             tasks,
             pools,
+            background,
+            broker_shutdown,
             grace: Duration::from_secs(args.common.shutdown_grace_secs),
         })
     }
@@ -78,13 +87,15 @@ impl Platform {
     /// Serves on `listener` until the shutdown token is cancelled, then flushes
     /// background work and closes the pools.
     pub async fn serve(self, listener: TcpListener) -> Result<(), PlatformError> {
-        server::serve(listener, self.router, self.shutdown.clone(), self.grace).await?;
+        let served = server::serve(listener, self.router, self.shutdown.clone(), self.grace).await;
+        self.background.cancel();
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
+        self.broker_shutdown.cancel();
         for pool in self.pools {
             pool.close().await;
         }
-        Ok(())
+        Ok(served?)
     }
 }

@@ -482,3 +482,37 @@ async fn registration_publishes_user_registered_through_the_outbox() {
         "published once"
     );
 }
+
+#[tokio::test]
+async fn logout_on_one_replica_revokes_the_token_on_the_others() {
+    let a = TestApp::spawn().await;
+    let b = TestApp::spawn_with(a.same_data()).await;
+    let olga = register(&a, "olga").await;
+    let me_on_b = || {
+        plain()
+            .get(b.url("/user/me"))
+            .header("authorization", olga.bearer())
+            .send()
+    };
+    assert_eq!(
+        me_on_b().await.unwrap().status(),
+        200,
+        "replica B accepts the token"
+    );
+    olga.client
+        .post(a.url("/user/logout"))
+        .send()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if me_on_b().await.unwrap().status() == 401 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica B never learned of the revocation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -53,7 +53,7 @@ pub const AUTH_MESSAGES: AuthMessages = USER_AUTH_MESSAGES;
 /// Routing key of the event published when an account is created.
 pub const USER_REGISTERED: &str = "user.registered";
 /// Routing key of the event published when a session token is revoked.
-pub const TOKEN_REVOKED: &str = "auth.token_revoked";
+pub const TOKEN_REVOKED: &str = parley_common::auth::TOKEN_REVOKED;
 
 /// Errors starting the user service.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +199,14 @@ impl UserService {
                 "the signing key is not in the JWKS; issued tokens will not verify"
             );
         }
+        // Subscribe first, then load: a revocation made in between arrives by event.
+        parley_common::auth::follow_revocations(
+            broker.clone(),
+            auth.revocations.clone(),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        )
+        .await;
         accounts::load_revocations(&pool, &auth.revocations)
             .await
             .map_err(DbError::from)?;

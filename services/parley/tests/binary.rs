@@ -1,0 +1,163 @@
+//! The `parley` binary itself: key generation, migration and a serving process
+//! that shuts down gracefully on SIGTERM.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use parley_common::testing::{self, TestDatabase};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use support::{EventTap, plain};
+
+const BIN: &str = env!("CARGO_BIN_EXE_parley");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+#[tokio::test]
+async fn keys_migrate_serve_and_shut_down_gracefully_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("parley-bin-{}", uuid::Uuid::new_v4().simple()));
+    let keys = Command::new(BIN)
+        .args(["keys", "generate", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(keys.status.success(), "{keys:?}");
+    let jwks: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("jwks.json")).unwrap()).unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+
+    let db = TestDatabase::create().await;
+    let migrate = Command::new(BIN)
+        .args(["migrate", "--target", "user"])
+        .env("DATABASE_URL", db.url().expose_secret())
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "{migrate:?}");
+    let logs = String::from_utf8_lossy(&migrate.stdout).to_string()
+        + &String::from_utf8_lossy(&migrate.stderr);
+    assert!(
+        !logs.contains(db.url().expose_secret()),
+        "the URL with its password is never logged"
+    );
+
+    let port = free_port();
+    let exchange = testing::unique_exchange();
+    let mut tap = EventTap::bind(&exchange, "user.registered").await;
+    let server = Server(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--target",
+                "user",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("DATABASE_URL", db.url().expose_secret())
+            .env("AMQP_URL", testing::amqp_url().expose_secret())
+            .env("PARLEY_EVENTS_EXCHANGE", &exchange)
+            .env("PARLEY_JWT_SIGNING_KEY_FILE", dir.join("jwt-signing.pem"))
+            .env("PARLEY_JWT_JWKS_FILE", dir.join("jwks.json"))
+            .env("PARLEY_BCRYPT_COST", "13")
+            .env("PARLEY_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = plain().get(format!("{base}/readyz")).send().await
+            && response.status() == 200
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "server became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A registration that takes a while (bcrypt cost 13) is in flight when SIGTERM arrives.
+    let in_flight = tokio::spawn({
+        let url = format!("{base}/user/register");
+        async move {
+            plain()
+                .post(url)
+                .json(&json!({"username":"sigterm","email":"sigterm@example.com","password":"Passw0rd!"}))
+                .send()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(response.status(), 200);
+    let mut server = server;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "process exits after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "clean exit: {status:?}");
+    let event = tap
+        .next(Duration::from_secs(5))
+        .await
+        .expect("the outbox was flushed before exit");
+    assert_eq!(event["data"]["username"], "sigterm");
+    let mut logs = String::new();
+    std::io::Read::read_to_string(server.0.stdout.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(
+        logs.lines()
+            .all(|line| serde_json::from_str::<Value>(line).is_ok()),
+        "JSON logs:\n{logs}"
+    );
+    assert!(logs.contains("SIGTERM received"));
+    assert!(!logs.contains("Passw0rd!"), "secrets never logged");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn refuses_to_start_without_a_database_url() {
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .env("AMQP_URL", "amqp://127.0.0.1:1")
+        .env("PARLEY_JWT_JWKS", "{\"keys\":[]}")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL is not set"));
+}
