@@ -31,6 +31,31 @@ pub fn amqp_url() -> SecretString {
     )
 }
 
+/// Host and port of the test broker, and the test broker URL with them replaced
+/// by `via` (to route the connection through a [`TcpProxy`]).
+pub fn amqp_url_via(via: SocketAddr) -> (SocketAddr, SecretString) {
+    let url = amqp_url().expose_secret().to_owned();
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    let host_start = url[after_scheme..authority_end]
+        .rfind('@')
+        .map_or(after_scheme, |i| after_scheme + i + 1);
+    let host_port = &url[host_start..authority_end];
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5672")
+    };
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&host_port)
+        .expect("resolvable broker address")
+        .next()
+        .expect("a broker address");
+    let proxied = format!("{}{}{}", &url[..host_start], via, &url[authority_end..]);
+    (target, SecretString::from(proxied))
+}
+
 /// A unique exchange name, so parallel tests never see each other's events.
 pub fn unique_exchange() -> String {
     format!("parley.test.{}", Uuid::new_v4().simple())

@@ -161,3 +161,80 @@ fn refuses_to_start_without_a_database_url() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL is not set"));
 }
+
+#[tokio::test]
+async fn the_original_environment_names_work_too() {
+    let dir = std::env::temp_dir().join(format!("parley-env-{}", uuid::Uuid::new_v4().simple()));
+    assert!(
+        Command::new(BIN)
+            .args(["keys", "generate", "--out"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let db = TestDatabase::create().await;
+    parley_common::db::migrate(db.url(), parley_user::SCHEMA, None)
+        .await
+        .unwrap();
+    let port = free_port();
+    let _server = Server(
+        Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", db.url().expose_secret())
+            .env_remove("AMQP_URL")
+            .env("MESSAGE_BROKER_URL", testing::amqp_url().expose_secret())
+            .env("PARLEY_EVENTS_EXCHANGE", testing::unique_exchange())
+            .env("CORS_ORIGINS", "https://web.example")
+            .env("PUBLIC_URL", "https://chat.example")
+            .env("AUTH_RATE_LIMIT_MAX", "1")
+            .env("PARLEY_JWT_SIGNING_KEY_FILE", dir.join("jwt-signing.pem"))
+            .env("PARLEY_JWT_JWKS_FILE", dir.join("jwks.json"))
+            .env("PARLEY_BCRYPT_COST", "4")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while plain()
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "ready with MESSAGE_BROKER_URL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = plain()
+        .post(format!("{base}/user/register"))
+        .header("origin", "https://web.example")
+        .json(&json!({"username":"envuser","email":"env@example.com","password":"Passw0rd!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://web.example"
+    );
+    assert!(
+        response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .ends_with("Secure; SameSite=Strict")
+    );
+    let limited = plain()
+        .post(format!("{base}/user/login"))
+        .json(&json!({"email":"env@example.com","password":"Passw0rd!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429, "AUTH_RATE_LIMIT_MAX=1");
+    let _ = std::fs::remove_dir_all(dir);
+}

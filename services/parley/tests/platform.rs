@@ -461,11 +461,11 @@ async fn openapi_document_describes_the_user_api() {
 
 #[tokio::test]
 async fn registration_succeeds_during_a_broker_outage_and_the_event_follows() {
-    let target = "127.0.0.1:5672".parse().unwrap();
+    // Learn the broker's address, then route the app through a proxy in front of it.
+    let (target, _) = testing::amqp_url_via("127.0.0.1:1".parse().unwrap());
     let proxy = TcpProxy::start(target).await;
-    let amqp = testing::amqp_url()
-        .expose_secret()
-        .replace("127.0.0.1:5672", &proxy.addr().to_string());
+    let (_, amqp) = testing::amqp_url_via(proxy.addr());
+    let amqp = amqp.expose_secret().to_owned();
     let app = TestApp::spawn_with(Options {
         amqp_url: Some(amqp),
         ..Options::default()
