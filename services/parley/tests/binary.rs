@@ -23,6 +23,23 @@ fn free_port() -> u16 {
 
 struct Server(Child);
 
+/// Waits until `base` answers `/readyz` with 200.
+async fn wait_ready(base: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = plain().get(format!("{base}/readyz")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "server became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -82,19 +99,7 @@ async fn keys_migrate_serve_and_shut_down_gracefully_on_sigterm() {
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = plain().get(format!("{base}/readyz")).send().await
-            && response.status() == 200
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "server became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&base).await;
 
     // A registration that takes a while (bcrypt cost 13) is in flight when SIGTERM arrives.
     let in_flight = tokio::spawn({
@@ -197,20 +202,7 @@ async fn the_original_environment_names_work_too() {
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while plain()
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "ready with MESSAGE_BROKER_URL"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&base).await;
     let response = plain()
         .post(format!("{base}/user/register"))
         .header("origin", "https://web.example")

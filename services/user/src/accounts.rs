@@ -11,7 +11,7 @@ use parley_common::auth::{AuthUser, Revocations, token_from_headers};
 use parley_common::events;
 use parley_common::http::error::{ok, ok_message};
 use parley_common::http::validate::{as_text, js_length, js_trim};
-use parley_common::http::{ApiError, ApiResult, Body, Validator};
+use parley_common::http::{ApiError, ApiResult, Body, Validator, query};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
@@ -356,16 +356,7 @@ pub async fn search(
     AuthUser(claims): AuthUser,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let q = query
-        .as_deref()
-        .and_then(|raw| serde_urlencoded::from_str::<Vec<(String, String)>>(raw).ok())
-        .and_then(|pairs| {
-            pairs
-                .into_iter()
-                .find(|(key, _)| key == "q")
-                .map(|(_, v)| v)
-        })
-        .unwrap_or_default();
+    let q = query::param(query.as_deref(), "q");
     let q = js_trim(&q);
     if q.is_empty() {
         return ok_data(Vec::<SearchHit>::new());

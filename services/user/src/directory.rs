@@ -15,7 +15,7 @@ use http::StatusCode;
 use parley_common::auth::AuthUser;
 use parley_common::http::error::ok_message;
 use parley_common::http::validate::{as_text, js_length, js_trim};
-use parley_common::http::{ApiError, ApiResult, Body, Validator};
+use parley_common::http::{ApiError, ApiResult, Body, Validator, query};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -372,16 +372,7 @@ pub async fn fetch_backup(
     AuthUser(claims): AuthUser,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
-    let device_id = query
-        .as_deref()
-        .and_then(|raw| serde_urlencoded::from_str::<Vec<(String, String)>>(raw).ok())
-        .and_then(|pairs| {
-            pairs
-                .into_iter()
-                .find(|(key, _)| key == "deviceId")
-                .map(|(_, v)| v)
-        })
-        .unwrap_or_default();
+    let device_id = query::param(query.as_deref(), "deviceId");
     if device_id.is_empty() {
         return Err(ApiError::bad_request("deviceId is required"));
     }

@@ -6,6 +6,7 @@ pub mod body;
 pub mod client_ip;
 pub mod error;
 pub mod layers;
+pub mod query;
 pub mod rate_limit;
 pub mod validate;
 
