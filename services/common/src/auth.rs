@@ -244,6 +244,58 @@ pub async fn follow_revocations(
     }
 }
 
+/// Loads the unexpired revocations of a service's `revoked_tokens` table into
+/// memory (at start-up, after [`follow_revocations`] has subscribed).
+pub async fn load_revocations(
+    pool: &sqlx::PgPool,
+    revocations: &Revocations,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT jti, extract(epoch FROM expires_at)::bigint FROM revoked_tokens WHERE expires_at > now()",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (jti, exp) in rows {
+        revocations.revoke(jti, exp);
+    }
+    Ok(())
+}
+
+/// Records a revocation event in the service's own `revoked_tokens` table, so
+/// a service that cannot read the user schema still knows every revocation
+/// after a restart.
+pub async fn persist_revocation(
+    conn: &mut sqlx::PgConnection,
+    data: &serde_json::Value,
+) -> Result<(), crate::consumer::HandlerError> {
+    use crate::consumer::HandlerError;
+    let jti = data
+        .get("jti")
+        .and_then(|v| v.as_str())
+        .and_then(|v| Uuid::parse_str(v).ok())
+        .ok_or_else(|| HandlerError::Permanent("revocation without jti".into()))?;
+    let user_id = data
+        .get("userId")
+        .and_then(|v| v.as_str())
+        .and_then(|v| Uuid::parse_str(v).ok())
+        .ok_or_else(|| HandlerError::Permanent("revocation without userId".into()))?;
+    let exp = data
+        .get("expiresAt")
+        .and_then(|v| v.as_i64())
+        .ok_or_else(|| HandlerError::Permanent("revocation without expiresAt".into()))?;
+    let expires_at = OffsetDateTime::from_unix_timestamp(exp)
+        .map_err(|err| HandlerError::Permanent(err.to_string()))?;
+    sqlx::query(
+        "INSERT INTO revoked_tokens (jti, user_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(jti)
+    .bind(user_id)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The 401 messages of a service (they differ between services, §2.1).
 #[derive(Debug, Clone, Copy)]
 pub struct AuthMessages {

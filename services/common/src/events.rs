@@ -53,6 +53,40 @@ pub struct Event<T: Serialize> {
     pub data: T,
 }
 
+/// Writes one event per item of `data`, all with `routing_key`, in one statement.
+pub async fn enqueue_many<T: Serialize>(
+    conn: &mut PgConnection,
+    routing_key: &str,
+    data: &[T],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if data.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut ids = Vec::with_capacity(data.len());
+    let mut payloads = Vec::with_capacity(data.len());
+    for item in data {
+        let event = Event {
+            id: Uuid::new_v4(),
+            kind: routing_key.to_owned(),
+            occurred_at: now,
+            data: item,
+        };
+        ids.push(event.id);
+        payloads
+            .push(serde_json::to_value(&event).map_err(|err| sqlx::Error::Encode(Box::new(err)))?);
+    }
+    sqlx::query(
+        "INSERT INTO outbox (id, routing_key, payload) SELECT id, $2, payload FROM UNNEST($1::uuid[], $3::jsonb[]) AS t(id, payload)",
+    )
+    .bind(&ids)
+    .bind(routing_key)
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(ids)
+}
+
 /// Writes an event to the service's `outbox` table on `conn` (inside the caller's
 /// transaction). Returns the event id.
 pub async fn enqueue<T: Serialize>(
@@ -78,7 +112,10 @@ pub async fn enqueue<T: Serialize>(
 
 struct Link {
     connection: Connection,
+    /// Confirm-mode channel for durable events.
     publisher: Channel,
+    /// Plain channel for transient realtime traffic (no confirms, not persisted).
+    fast: Channel,
 }
 
 /// A supervised connection to RabbitMQ with a confirm-mode publishing channel.
@@ -209,10 +246,37 @@ impl Broker {
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        let fast = connection.create_channel().await?;
         Ok(Link {
             connection,
             publisher,
+            fast,
         })
+    }
+
+    /// Publishes a transient message (realtime fan-out): no confirm, not
+    /// persisted, dropped when the broker is unreachable.
+    pub async fn publish_transient(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+    ) -> Result<(), BrokerError> {
+        let link = self
+            .link
+            .read()
+            .await
+            .clone()
+            .ok_or(BrokerError::NotConnected)?;
+        link.fast
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default().with_delivery_mode(1),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Publishes a batch of `(id, routing key, payload)` persistently and waits for
@@ -295,7 +359,7 @@ impl OutboxRelay {
             wake: Arc::new(Notify::new()),
             batch_size: 256,
             published: metrics.map(|m| {
-                m.counter(
+                m.shared_counter(
                     "outbox_published_total",
                     "Events confirmed by the broker and removed from the outbox",
                     &["routing_key"],

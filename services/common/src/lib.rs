@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod events;
 pub mod http;

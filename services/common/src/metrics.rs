@@ -20,6 +20,7 @@ pub struct Metrics {
 
 struct Inner {
     registry: Registry,
+    shared: std::sync::Mutex<std::collections::HashMap<String, IntCounterVec>>,
     requests: IntCounterVec,
     duration: HistogramVec,
 }
@@ -62,6 +63,7 @@ impl Metrics {
         Self {
             inner: Arc::new(Inner {
                 registry,
+                shared: Default::default(),
                 requests,
                 duration,
             }),
@@ -75,6 +77,28 @@ impl Metrics {
             .registry
             .register(Box::new(counter.clone()))
             .expect("metric registered once");
+        counter
+    }
+
+    /// Registers a gauge; names are prefixed with `parley_`.
+    pub fn gauge(&self, name: &str, help: &str) -> prometheus::IntGauge {
+        let gauge = prometheus::IntGauge::new(name, help).expect("valid metric");
+        self.inner
+            .registry
+            .register(Box::new(gauge.clone()))
+            .expect("metric registered once");
+        gauge
+    }
+
+    /// A counter vector that several components may ask for: the first call
+    /// registers it, later calls get the same one.
+    pub fn shared_counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let mut shared = self.inner.shared.lock().expect("metrics lock poisoned");
+        if let Some(counter) = shared.get(name) {
+            return counter.clone();
+        }
+        let counter = self.counter(name, help, labels);
+        shared.insert(name.to_owned(), counter.clone());
         counter
     }
 

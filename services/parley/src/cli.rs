@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use parley_chat::ChatConfig;
 use parley_common::config::CommonConfig;
 use parley_user::UserConfig;
 
@@ -37,12 +38,19 @@ pub enum Target {
     All,
     /// The user service: `/user/*` and `/api/user/*`.
     User,
+    /// The chat service: `/chat/*` REST and `/chat/socket.io/`.
+    Chat,
 }
 
 impl Target {
     /// Whether this target includes the user service.
     pub fn runs_user(self) -> bool {
         matches!(self, Target::All | Target::User)
+    }
+
+    /// Whether this target includes the chat service.
+    pub fn runs_chat(self) -> bool {
+        matches!(self, Target::All | Target::Chat)
     }
 }
 
@@ -62,6 +70,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub user: UserConfig,
+
+    #[command(flatten)]
+    pub chat: ChatConfig,
 }
 
 /// `parley migrate`.

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use axum::Router;
+use parley_chat::ChatService;
+use parley_common::auth::Revocations;
 use parley_common::config::ConfigError;
 use parley_common::events::Broker;
 use parley_common::metrics::Metrics;
@@ -33,6 +35,8 @@ pub enum PlatformError {
     Config(#[from] ConfigError),
     #[error("user service: {0}")]
     User(#[from] parley_user::StartError),
+    #[error("chat service: {0}")]
+    Chat(#[from] parley_chat::StartError),
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -54,6 +58,9 @@ impl Platform {
             args.common.events_exchange.clone(),
             broker_shutdown.clone(),
         );
+        // One revocation list per process: a logout is refused by every service
+        // of this process at once, and by other processes when its event arrives.
+        let revocations = Revocations::default();
         let mut routers = Vec::new();
         let mut health = HealthChecks::default().with_broker(broker.clone());
         let mut tasks = Vec::new();
@@ -64,6 +71,7 @@ impl Platform {
                 &args.user,
                 broker.clone(),
                 &metrics,
+                revocations.clone(),
                 background.clone(),
             )
             .await?;
@@ -71,6 +79,21 @@ impl Platform {
             routers.push(user.router);
             tasks.push(user.relay_task);
             pools.push(user.pool);
+        }
+        if args.target.runs_chat() {
+            let chat = ChatService::start(
+                &args.common,
+                &args.chat,
+                broker.clone(),
+                &metrics,
+                revocations.clone(),
+                background.clone(),
+            )
+            .await?;
+            health = health.merge(&chat.health);
+            routers.push(chat.router);
+            tasks.extend(chat.tasks);
+            pools.push(chat.pool);
         }
         let router = server::compose(routers, health, metrics, &args.common.http_settings());
         Ok(Self {

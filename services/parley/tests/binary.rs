@@ -178,10 +178,7 @@ async fn the_original_environment_names_work_too() {
             .unwrap()
             .success()
     );
-    let db = TestDatabase::create().await;
-    parley_common::db::migrate(db.url(), parley_user::SCHEMA, None)
-        .await
-        .unwrap();
+    let db = support::migrated_database().await;
     let port = free_port();
     let _server = Server(
         Command::new(BIN)

@@ -533,9 +533,11 @@ async fn the_runtime_role_gets_dml_on_its_schema_and_nothing_more() {
         .execute(format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name()).as_str())
         .await
         .unwrap();
-    parley_common::db::migrate(db.url(), parley_user::SCHEMA, Some(&role))
-        .await
-        .unwrap();
+    for schema in [parley_user::SCHEMA, parley_chat::SCHEMA] {
+        parley_common::db::migrate(db.url(), schema, Some(&role))
+            .await
+            .unwrap();
+    }
 
     let url = db.url_as(&role, "rt-pass");
     let mut runtime = PgConnection::connect(url.expose_secret()).await.unwrap();

@@ -387,19 +387,6 @@ fn ok_data<T: Serialize>(data: T) -> Response {
     axum::Json(json!({"status": 200, "data": data})).into_response()
 }
 
-/// Loads unexpired revocations into memory at start-up.
-pub async fn load_revocations(pool: &PgPool, revocations: &Revocations) -> Result<(), sqlx::Error> {
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT jti, extract(epoch FROM expires_at)::bigint FROM revoked_tokens WHERE expires_at > now()",
-    )
-    .fetch_all(pool)
-    .await?;
-    for (jti, exp) in rows {
-        revocations.revoke(jti, exp);
-    }
-    Ok(())
-}
-
 /// Hourly: forget expired revocations in memory and in the table.
 pub fn spawn_revocation_upkeep(
     pool: PgPool,

@@ -161,13 +161,15 @@ pub struct UserService {
 }
 
 impl UserService {
-    /// Connects, checks the schema version, loads revocations and starts the
+    /// Connects, checks the schema version, loads revocations into
+    /// `revocations` (shared by every service of the process) and starts the
     /// outbox relay. The returned router serves `/user/*` and `/api/user/*`.
     pub async fn start(
         common: &CommonConfig,
         config: &UserConfig,
         broker: Broker,
         metrics: &Metrics,
+        revocations: Revocations,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
         let url = common.database_url(config.user_database_url.as_ref())?;
@@ -182,7 +184,7 @@ impl UserService {
         let issuer = TokenIssuer::from_pem(&pem).map_err(ConfigError::from)?;
         let auth = Authenticator {
             key_ring: common.key_ring()?,
-            revocations: Revocations::default(),
+            revocations,
             messages: AUTH_MESSAGES,
         };
         if auth
@@ -207,7 +209,7 @@ impl UserService {
             shutdown.clone(),
         )
         .await;
-        accounts::load_revocations(&pool, &auth.revocations)
+        parley_common::auth::load_revocations(&pool, &auth.revocations)
             .await
             .map_err(DbError::from)?;
         accounts::spawn_revocation_upkeep(pool.clone(), auth.revocations.clone(), shutdown.clone());

@@ -114,6 +114,7 @@ impl TestApp {
             ("--prekey-publish-rate-limit-max".into(), "100000".into()),
             ("--prekey-fetch-rate-limit-max".into(), "100000".into()),
             ("--shutdown-grace-secs".into(), "2".into()),
+            ("--chat-rate-limit-max".into(), "100000".into()),
         ];
         for (name, value) in options.flags {
             flags.retain(|(existing, _)| *existing != name);
@@ -178,12 +179,14 @@ impl Drop for TestApp {
     }
 }
 
-/// A fresh database with the user schema migrated.
+/// A fresh database with every schema migrated.
 pub async fn migrated_database() -> TestDatabase {
     let db = TestDatabase::create().await;
-    parley_common::db::migrate(db.url(), parley_user::SCHEMA, None)
-        .await
-        .expect("migrate");
+    for schema in [parley_user::SCHEMA, parley_chat::SCHEMA] {
+        parley_common::db::migrate(db.url(), schema, None)
+            .await
+            .expect("migrate");
+    }
     db
 }
 
@@ -349,4 +352,22 @@ impl EventTap {
         delivery.ack(BasicAckOptions::default()).await.ok()?;
         serde_json::from_slice(&delivery.data).ok()
     }
+}
+
+/// A Signal-style envelope as the web client sends it.
+pub fn envelope(body: &str) -> String {
+    format!(r#"{{"__encrypted":true,"type":3,"body":"{body}"}}"#)
+}
+
+/// Sends a message over REST and returns the response body.
+pub async fn send_rest(app: &TestApp, from: &User, to: &User, body: &str) -> Value {
+    let response = from
+        .client
+        .post(app.url("/chat/send"))
+        .json(&json!({"receiverId": to.id, "message": envelope(body)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "send");
+    response.json().await.unwrap()
 }

@@ -1,0 +1,448 @@
+//! Socket.IO at `/chat/socket.io` (contract §7).
+//!
+//! Authentication runs in the namespace middleware, inside the CONNECT
+//! handshake: `auth.token`, else the `jwt` cookie of the handshake request; a
+//! refusal is a CONNECT_ERROR (`connect_error` "Authentication required" /
+//! "Invalid token"). The middleware also joins the user's room and registers
+//! every event handler, *before* the CONNECT is confirmed, so an event sent
+//! right after `connect` is never lost. Presence is announced in the connect
+//! handler, which runs after the confirmation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use parley_common::auth::{Authenticator, cookie_token};
+use parley_common::http::validate::{js_length, js_trim};
+use serde_json::{Map, Value, json};
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use tokio::task::AbortHandle;
+use uuid::Uuid;
+
+use crate::realtime::Realtime;
+use crate::store::{self, Message, js_time};
+use crate::writer::{MessageWriter, NewMessage};
+use crate::{ChatMetrics, presence::Presence};
+
+/// Shared state of the Socket.IO handlers.
+#[derive(Clone)]
+pub struct SocketContext {
+    pub pool: sqlx::PgPool,
+    pub auth: Authenticator,
+    pub writer: MessageWriter,
+    pub realtime: Realtime,
+    pub presence: Arc<Presence>,
+    pub typing: Typing,
+    pub metrics: ChatMetrics,
+}
+
+/// The authenticated user of a socket.
+#[derive(Debug, Clone)]
+pub struct SocketUser {
+    pub id: Uuid,
+    pub username: String,
+}
+
+/// A refused handshake; its text is the `connect_error` message.
+#[derive(Debug)]
+pub struct Refusal(&'static str);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Namespace middleware: authenticate, join the user's room, register handlers.
+pub async fn authenticate(
+    socket: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(ctx): State<SocketContext>,
+) -> Result<(), Refusal> {
+    let from_auth = auth
+        .ok()
+        .and_then(|auth| auth.get("token").and_then(Value::as_str).map(str::to_owned))
+        .filter(|token| !token.is_empty());
+    let token = from_auth.or_else(|| {
+        socket
+            .req_parts()
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .find_map(cookie_token)
+    });
+    let Some(token) = token else {
+        return Err(Refusal("Authentication required"));
+    };
+    let claims = ctx
+        .auth
+        .verify(&token)
+        .map_err(|_| Refusal("Invalid token"))?;
+    socket.extensions.insert(SocketUser {
+        id: claims.id,
+        username: claims.username,
+    });
+    socket.join(claims.id.to_string());
+    socket.on("sendMessage", send_message);
+    socket.on("typing", typing);
+    socket.on("messageDelivered", message_delivered);
+    socket.on("markRead", mark_read);
+    socket.on_disconnect(disconnected);
+    Ok(())
+}
+
+/// After the CONNECT is confirmed: presence.
+pub async fn connected(
+    socket: SocketRef,
+    Extension(user): Extension<SocketUser>,
+    State(ctx): State<SocketContext>,
+) {
+    ctx.metrics.sockets.inc();
+    match ctx.presence.connect(user.id).await {
+        Ok(true) => {
+            ctx.metrics
+                .presence_changes
+                .with_label_values(&["online"])
+                .inc();
+            ctx.realtime
+                .to_all("presence", &json!({"userId": user.id, "online": true}))
+                .await;
+        }
+        Ok(false) => {}
+        Err(err) => tracing::warn!(error = %err, "recording presence failed"),
+    }
+    match ctx.presence.online_users().await {
+        Ok(online) => {
+            let others: Vec<Uuid> = online.into_iter().filter(|id| *id != user.id).collect();
+            if !others.is_empty() {
+                let _ = socket.emit("presenceBulk", &json!({"onlineUserIds": others}));
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "reading presence failed"),
+    }
+}
+
+async fn disconnected(Extension(user): Extension<SocketUser>, State(ctx): State<SocketContext>) {
+    ctx.metrics.sockets.dec();
+    ctx.typing.cancel(user.id);
+    match ctx.presence.disconnect(user.id).await {
+        Ok(true) => announce_offline(&ctx, user.id).await,
+        Ok(false) => {}
+        Err(err) => tracing::warn!(error = %err, "recording presence failed"),
+    }
+}
+
+/// Tells everyone that `user` went offline.
+pub async fn announce_offline(ctx: &SocketContext, user: Uuid) {
+    ctx.metrics
+        .presence_changes
+        .with_label_values(&["offline"])
+        .inc();
+    let last_seen = js_time(time::OffsetDateTime::now_utc());
+    ctx.realtime
+        .to_all(
+            "presence",
+            &json!({"userId": user, "online": false, "lastSeen": last_seen}),
+        )
+        .await;
+}
+
+/// Why `sendMessage` failed: a rule with its exact ack text, or anything else.
+enum SendFailure {
+    Rejected(&'static str),
+    Failed,
+}
+
+const FAILED: &str = "Failed to send message";
+
+async fn send_message(
+    socket: SocketRef,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    Extension(user): Extension<SocketUser>,
+    State(ctx): State<SocketContext>,
+) {
+    let reply = match deliver(&ctx, &user, payload.ok()).await {
+        Ok(id) => {
+            ctx.metrics.sent.with_label_values(&["websocket"]).inc();
+            json!({"ok": true, "id": id})
+        }
+        Err(SendFailure::Rejected(text)) => json!({"ok": false, "error": text}),
+        Err(SendFailure::Failed) => {
+            let _ = socket.emit("server:error", &json!({"message": FAILED}));
+            json!({"ok": false, "error": FAILED})
+        }
+    };
+    let _ = ack.send(&reply);
+}
+
+fn js_truthy(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(flag)) => *flag,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|n| n != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
+}
+
+/// Checks, stores (new path) or loads (re-send path) and delivers a message.
+async fn deliver(
+    ctx: &SocketContext,
+    user: &SocketUser,
+    payload: Option<Value>,
+) -> Result<Uuid, SendFailure> {
+    let Some(Value::Object(payload)) = payload else {
+        return Err(SendFailure::Failed);
+    };
+    let me = user.id.to_string();
+    if payload.get("senderId").and_then(Value::as_str) != Some(me.as_str()) {
+        return Err(SendFailure::Rejected(
+            "Unauthorized: cannot send as another user",
+        ));
+    }
+    let Some(text) = payload.get("message").and_then(Value::as_str) else {
+        return Err(SendFailure::Rejected("Invalid message content"));
+    };
+    let trimmed = js_trim(text);
+    let length = js_length(trimmed);
+    if length == 0 || length > 5000 {
+        return Err(SendFailure::Rejected(
+            "Message must be between 1 and 5000 characters",
+        ));
+    }
+    let receiver = payload.get("receiverId");
+    if !js_truthy(receiver) || receiver.and_then(Value::as_str) == Some(me.as_str()) {
+        return Err(SendFailure::Rejected("Invalid receiver"));
+    }
+    let receiver = receiver
+        .and_then(Value::as_str)
+        .and_then(|r| Uuid::parse_str(r).ok())
+        .ok_or(SendFailure::Rejected("Invalid receiver"))?;
+
+    let message = if js_truthy(payload.get("_id")) {
+        resend(ctx, user.id, receiver, &payload).await?
+    } else {
+        let envelope: Value = serde_json::from_str(trimmed).map_err(|_| {
+            SendFailure::Rejected("Messages must be end-to-end encrypted (invalid envelope)")
+        })?;
+        if !crate::rest::is_encrypted_envelope(&envelope) {
+            return Err(SendFailure::Rejected(
+                "Messages must be end-to-end encrypted",
+            ));
+        }
+        ctx.writer
+            .write(NewMessage {
+                sender_id: user.id,
+                sender_username: user.username.clone(),
+                receiver_id: receiver,
+                body: trimmed.to_owned(),
+            })
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "storing a socket message failed");
+                SendFailure::Failed
+            })?
+            .message
+    };
+    push(ctx, &user.username, &message).await;
+    Ok(message.id)
+}
+
+/// The `_id` re-send path: the stored envelope is delivered; the payload's
+/// `message` (the web client sends its plaintext here) is never stored or
+/// forwarded.
+async fn resend(
+    ctx: &SocketContext,
+    me: Uuid,
+    receiver: Uuid,
+    payload: &Map<String, Value>,
+) -> Result<Message, SendFailure> {
+    let id = payload
+        .get("_id")
+        .and_then(Value::as_str)
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or(SendFailure::Failed)?;
+    let stored = store::find(&ctx.pool, id).await.map_err(|err| {
+        tracing::error!(error = %err, "loading a message failed");
+        SendFailure::Failed
+    })?;
+    let Some(message) = stored.filter(|m| m.sender_id == me && m.receiver_id == receiver) else {
+        return Err(SendFailure::Rejected("Message not found"));
+    };
+    if !message.is_encrypted {
+        return Err(SendFailure::Rejected(
+            "Server policy: plaintext messages are not allowed",
+        ));
+    }
+    Ok(message)
+}
+
+/// `typing false` then `receiveMessage`, to every socket of the receiver.
+pub async fn push(ctx: &SocketContext, sender_username: &str, message: &Message) {
+    ctx.typing.cancel(message.sender_id);
+    ctx.realtime
+        .to_user(
+            message.receiver_id,
+            "typing",
+            &json!({"userId": message.sender_id, "isTyping": false}),
+        )
+        .await;
+    let at = js_time(message.created_at);
+    let mut event = json!({
+        "_id": message.id, "id": message.id,
+        "senderId": message.sender_id,
+        "receiverId": message.receiver_id,
+        "content": message.body, "message": message.body,
+        "timestamp": at, "createdAt": at,
+        "updatedAt": js_time(message.updated_at),
+        "read": false, "isRead": false,
+    });
+    if !sender_username.is_empty() {
+        event["senderUsername"] = json!(sender_username);
+        event["senderName"] = json!(sender_username);
+    }
+    ctx.realtime
+        .to_user(message.receiver_id, "receiveMessage", &event)
+        .await;
+}
+
+async fn typing(
+    TryData(payload): TryData<Value>,
+    Extension(user): Extension<SocketUser>,
+    State(ctx): State<SocketContext>,
+) {
+    let Ok(payload) = payload else { return };
+    let Some(receiver) = payload
+        .get("receiverId")
+        .and_then(Value::as_str)
+        .and_then(|r| Uuid::parse_str(r).ok())
+    else {
+        return;
+    };
+    if js_truthy(payload.get("isTyping")) {
+        ctx.realtime
+            .to_user(
+                receiver,
+                "typing",
+                &json!({"userId": user.id, "isTyping": true}),
+            )
+            .await;
+        ctx.typing.start(user.id, receiver);
+    } else {
+        ctx.typing.cancel(user.id);
+        ctx.realtime
+            .to_user(
+                receiver,
+                "typing",
+                &json!({"userId": user.id, "isTyping": false}),
+            )
+            .await;
+    }
+}
+
+async fn message_delivered(
+    TryData(payload): TryData<Value>,
+    Extension(user): Extension<SocketUser>,
+    State(ctx): State<SocketContext>,
+) {
+    let Some(id) = payload.ok().and_then(|p| {
+        p.get("messageId")
+            .and_then(Value::as_str)
+            .and_then(|id| Uuid::parse_str(id).ok())
+    }) else {
+        return;
+    };
+    match store::mark_delivered(&ctx.pool, id, user.id).await {
+        Ok(Some(sender)) => {
+            ctx.realtime
+                .to_user(
+                    sender,
+                    "messageDelivered",
+                    &json!({"messageId": id, "by": user.id}),
+                )
+                .await;
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "marking a message delivered failed"),
+    }
+}
+
+async fn mark_read(
+    TryData(payload): TryData<Value>,
+    Extension(user): Extension<SocketUser>,
+    State(ctx): State<SocketContext>,
+) {
+    let Some(sender) = payload.ok().and_then(|p| {
+        p.get("senderId")
+            .and_then(Value::as_str)
+            .and_then(|id| Uuid::parse_str(id).ok())
+    }) else {
+        return;
+    };
+    match store::mark_read(&ctx.pool, user.id, sender).await {
+        Ok(count) => ctx
+            .metrics
+            .read
+            .with_label_values(&[] as &[&str])
+            .inc_by(count),
+        Err(err) => tracing::warn!(error = %err, "marking messages read failed"),
+    }
+    ctx.realtime
+        .to_user(sender, "messageRead", &json!({"by": user.id}))
+        .await;
+}
+
+/// Typing indicators that turn themselves off: one timer per sender.
+#[derive(Clone)]
+pub struct Typing {
+    timers: Arc<Mutex<HashMap<Uuid, AbortHandle>>>,
+    realtime: Realtime,
+    timeout: Duration,
+}
+
+impl Typing {
+    pub fn new(realtime: Realtime, timeout: Duration) -> Self {
+        Self {
+            timers: Arc::default(),
+            realtime,
+            timeout,
+        }
+    }
+
+    /// (Re)starts `sender`'s timer; when it fires, `receiver` sees `isTyping: false`.
+    pub fn start(&self, sender: Uuid, receiver: Uuid) {
+        let realtime = self.realtime.clone();
+        let timers = self.timers.clone();
+        let timeout = self.timeout;
+        let mut guard = self.timers.lock().expect("typing lock poisoned");
+        if let Some(previous) = guard.remove(&sender) {
+            previous.abort();
+        }
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            timers.lock().expect("typing lock poisoned").remove(&sender);
+            realtime
+                .to_user(
+                    receiver,
+                    "typing",
+                    &json!({"userId": sender, "isTyping": false}),
+                )
+                .await;
+        });
+        guard.insert(sender, task.abort_handle());
+    }
+
+    /// Cancels `sender`'s timer silently.
+    pub fn cancel(&self, sender: Uuid) {
+        if let Some(timer) = self
+            .timers
+            .lock()
+            .expect("typing lock poisoned")
+            .remove(&sender)
+        {
+            timer.abort();
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Message storage: reads for history, conversations and receipts. New
+//! messages are written by [`crate::writer`].
+
+use serde::Serialize;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A stored message.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Message {
+    pub id: Uuid,
+    pub sender_id: Uuid,
+    pub receiver_id: Uuid,
+    pub body: String,
+    pub is_encrypted: bool,
+    pub status: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// The columns of [`Message`], for `SELECT`s.
+pub const MESSAGE_COLUMNS: &str = "id, sender_id, receiver_id, body, is_encrypted, status::text AS status, created_at, updated_at";
+
+/// A timestamp as JavaScript's `Date.toJSON()` writes it: UTC, milliseconds, `Z`.
+pub fn js_time(at: OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    at.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .expect("a valid timestamp formats")
+}
+
+/// The REST shape of a message (§4.1, §4.2).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    pub id: Uuid,
+    pub sender_id: Uuid,
+    pub receiver_id: Uuid,
+    pub message: String,
+    pub is_encrypted: bool,
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Message> for MessageView {
+    fn from(m: &Message) -> Self {
+        Self {
+            id: m.id,
+            sender_id: m.sender_id,
+            receiver_id: m.receiver_id,
+            message: m.body.clone(),
+            is_encrypted: m.is_encrypted,
+            status: m.status.clone(),
+            created_at: js_time(m.created_at),
+            updated_at: js_time(m.updated_at),
+        }
+    }
+}
+
+/// One page of the history between two users, chronological, and the total.
+pub async fn history(
+    pool: &PgPool,
+    me: Uuid,
+    other: Uuid,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Message>, i64), sqlx::Error> {
+    let mut page: Vec<Message> = sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages \
+         WHERE (sender_id = $1 AND receiver_id = $2) OR (sender_id = $2 AND receiver_id = $1) \
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+    ))
+    .bind(me)
+    .bind(other)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    page.reverse();
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM messages \
+         WHERE (sender_id = $1 AND receiver_id = $2) OR (sender_id = $2 AND receiver_id = $1)",
+    )
+    .bind(me)
+    .bind(other)
+    .fetch_one(pool)
+    .await?;
+    Ok((page, total))
+}
+
+/// One conversation of the caller, from its latest message.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Conversation {
+    pub partner: Uuid,
+    pub last_sender: Uuid,
+    pub last_body: String,
+    pub last_at: OffsetDateTime,
+    pub unread: i64,
+    pub username: Option<String>,
+}
+
+/// Every conversation partner of `me`, newest first.
+pub async fn conversations(pool: &PgPool, me: Uuid) -> Result<Vec<Conversation>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH latest AS ( \
+           SELECT DISTINCT ON (partner) partner, sender_id, body, created_at FROM ( \
+             SELECT CASE WHEN sender_id = $1 THEN receiver_id ELSE sender_id END AS partner, \
+                    id, sender_id, body, created_at \
+             FROM messages WHERE sender_id = $1 OR receiver_id = $1 \
+           ) mine ORDER BY partner, created_at DESC, id DESC \
+         ) \
+         SELECT l.partner, l.sender_id AS last_sender, l.body AS last_body, l.created_at AS last_at, \
+           (SELECT count(*) FROM messages m \
+             WHERE m.sender_id = l.partner AND m.receiver_id = $1 AND m.status <> 'Seen') AS unread, \
+           u.username \
+         FROM latest l LEFT JOIN users u ON u.id = l.partner \
+         ORDER BY l.created_at DESC",
+    )
+    .bind(me)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks every unread message from `sender` to `reader` as seen; returns how many.
+pub async fn mark_read(pool: &PgPool, reader: Uuid, sender: Uuid) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE messages SET status = 'Seen', updated_at = clock_timestamp() \
+         WHERE sender_id = $1 AND receiver_id = $2 AND status <> 'Seen'",
+    )
+    .bind(sender)
+    .bind(reader)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A message by id.
+pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<Message>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Marks a message delivered if `receiver` is its receiver. Returns its sender
+/// when the receiver matched (whether or not the status changed).
+pub async fn mark_delivered(
+    pool: &PgPool,
+    id: Uuid,
+    receiver: Uuid,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let sender: Option<Uuid> =
+        sqlx::query_scalar("SELECT sender_id FROM messages WHERE id = $1 AND receiver_id = $2")
+            .bind(id)
+            .bind(receiver)
+            .fetch_optional(pool)
+            .await?;
+    if sender.is_some() {
+        sqlx::query(
+            "UPDATE messages SET status = 'Delivered', updated_at = clock_timestamp() \
+             WHERE id = $1 AND status = 'NotDelivered'",
+        )
+        .bind(id)
+        .execute(pool)
+        .await?;
+    }
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn timestamps_look_like_javascript_dates() {
+        assert_eq!(
+            js_time(datetime!(2026-11-24 20:05:45.123456 UTC)),
+            "2026-11-24T20:05:45.123Z"
+        );
+        assert_eq!(
+            js_time(datetime!(2026-11-24 20:05:45 UTC)),
+            "2026-11-24T20:05:45.000Z"
+        );
+        assert_eq!(
+            js_time(datetime!(2026-11-24 20:05:45.1 UTC)),
+            "2026-11-24T20:05:45.100Z"
+        );
+        assert_eq!(
+            js_time(datetime!(2026-11-24 21:05:45.5 +1)),
+            "2026-11-24T20:05:45.500Z"
+        );
+    }
+}
