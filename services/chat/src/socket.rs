@@ -16,6 +16,7 @@ use parley_common::auth::{Authenticator, cookie_token};
 use parley_common::http::validate::{js_length, js_trim};
 use serde_json::{Map, Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
@@ -79,38 +80,53 @@ pub async fn authenticate(
         .auth
         .verify(&token)
         .map_err(|_| Refusal("Invalid token"))?;
-    socket.extensions.insert(SocketUser {
+    // Presence is recorded before the CONNECT is confirmed, so a message sent
+    // to this user from now on sees them online; it is announced afterwards.
+    let first_in_cluster = match ctx.presence.connect(claims.id).await {
+        Ok(first) => first,
+        Err(err) => {
+            tracing::warn!(error = %err, "recording presence failed");
+            false
+        }
+    };
+    let user = SocketUser {
         id: claims.id,
         username: claims.username,
-    });
+    };
+    socket.extensions.insert(user.clone());
+    socket.extensions.insert(CameOnline(first_in_cluster));
     socket.join(claims.id.to_string());
-    socket.on("sendMessage", send_message);
-    socket.on("typing", typing);
-    socket.on("messageDelivered", message_delivered);
-    socket.on("markRead", mark_read);
+    let (inbox, jobs) = mpsc::channel(INBOX_CAPACITY);
+    tokio::spawn(drain_inbox(ctx.clone(), user.clone(), jobs));
+    socket.extensions.insert(Inbox(inbox));
+    socket.on("sendMessage", on_send_message);
+    socket.on("typing", on_typing);
+    socket.on("messageDelivered", on_message_delivered);
+    socket.on("markRead", on_mark_read);
     socket.on_disconnect(disconnected);
     Ok(())
 }
 
-/// After the CONNECT is confirmed: presence.
+/// Whether this socket brought its user online in the whole cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct CameOnline(pub bool);
+
+/// After the CONNECT is confirmed: announce presence.
 pub async fn connected(
     socket: SocketRef,
     Extension(user): Extension<SocketUser>,
+    Extension(CameOnline(first)): Extension<CameOnline>,
     State(ctx): State<SocketContext>,
 ) {
     ctx.metrics.sockets.inc();
-    match ctx.presence.connect(user.id).await {
-        Ok(true) => {
-            ctx.metrics
-                .presence_changes
-                .with_label_values(&["online"])
-                .inc();
-            ctx.realtime
-                .to_all("presence", &json!({"userId": user.id, "online": true}))
-                .await;
-        }
-        Ok(false) => {}
-        Err(err) => tracing::warn!(error = %err, "recording presence failed"),
+    if first {
+        ctx.metrics
+            .presence_changes
+            .with_label_values(&["online"])
+            .inc();
+        ctx.realtime
+            .to_all("presence", &json!({"userId": user.id, "online": true}))
+            .await;
     }
     match ctx.presence.online_users().await {
         Ok(online) => {
@@ -156,14 +172,82 @@ enum SendFailure {
 
 const FAILED: &str = "Failed to send message";
 
-async fn send_message(
+/// Events of one socket waiting to be handled, in arrival order.
+const INBOX_CAPACITY: usize = 1024;
+
+/// One socket's incoming events.
+enum Job {
+    Send {
+        socket: SocketRef,
+        payload: Option<Value>,
+        ack: AckSender,
+    },
+    Typing(Option<Value>),
+    Delivered(Option<Value>),
+    MarkRead(Option<Value>),
+}
+
+/// The queue of a socket's events; handled one at a time, in order, as the
+/// original's single-threaded listeners did (socketioxide would otherwise run
+/// each event in its own task, and a `typing: false` could overtake the
+/// `typing: true` before it, or two messages swap places).
+#[derive(Clone)]
+struct Inbox(mpsc::Sender<Job>);
+
+async fn drain_inbox(ctx: SocketContext, user: SocketUser, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Send {
+                socket,
+                payload,
+                ack,
+            } => send_message(&ctx, &user, socket, payload, ack).await,
+            Job::Typing(payload) => typing(&ctx, &user, payload).await,
+            Job::Delivered(payload) => message_delivered(&ctx, &user, payload).await,
+            Job::MarkRead(payload) => mark_read(&ctx, &user, payload).await,
+        }
+    }
+}
+
+async fn on_send_message(
     socket: SocketRef,
     TryData(payload): TryData<Value>,
     ack: AckSender,
-    Extension(user): Extension<SocketUser>,
-    State(ctx): State<SocketContext>,
+    Extension(Inbox(inbox)): Extension<Inbox>,
 ) {
-    let reply = match deliver(&ctx, &user, payload.ok()).await {
+    let job = Job::Send {
+        socket,
+        payload: payload.ok(),
+        ack,
+    };
+    if let Err(mpsc::error::TrySendError::Full(Job::Send { ack, .. })) = inbox.try_send(job) {
+        let _ = ack.send(&json!({"ok": false, "error": FAILED}));
+    }
+}
+
+async fn on_typing(TryData(payload): TryData<Value>, Extension(Inbox(inbox)): Extension<Inbox>) {
+    let _ = inbox.try_send(Job::Typing(payload.ok()));
+}
+
+async fn on_message_delivered(
+    TryData(payload): TryData<Value>,
+    Extension(Inbox(inbox)): Extension<Inbox>,
+) {
+    let _ = inbox.try_send(Job::Delivered(payload.ok()));
+}
+
+async fn on_mark_read(TryData(payload): TryData<Value>, Extension(Inbox(inbox)): Extension<Inbox>) {
+    let _ = inbox.try_send(Job::MarkRead(payload.ok()));
+}
+
+async fn send_message(
+    ctx: &SocketContext,
+    user: &SocketUser,
+    socket: SocketRef,
+    payload: Option<Value>,
+    ack: AckSender,
+) {
+    let reply = match deliver(ctx, user, payload).await {
         Ok(id) => {
             ctx.metrics.sent.with_label_values(&["websocket"]).inc();
             json!({"ok": true, "id": id})
@@ -308,12 +392,8 @@ pub async fn push(ctx: &SocketContext, sender_username: &str, message: &Message)
         .await;
 }
 
-async fn typing(
-    TryData(payload): TryData<Value>,
-    Extension(user): Extension<SocketUser>,
-    State(ctx): State<SocketContext>,
-) {
-    let Ok(payload) = payload else { return };
+async fn typing(ctx: &SocketContext, user: &SocketUser, payload: Option<Value>) {
+    let Some(payload) = payload else { return };
     let Some(receiver) = payload
         .get("receiverId")
         .and_then(Value::as_str)
@@ -342,12 +422,8 @@ async fn typing(
     }
 }
 
-async fn message_delivered(
-    TryData(payload): TryData<Value>,
-    Extension(user): Extension<SocketUser>,
-    State(ctx): State<SocketContext>,
-) {
-    let Some(id) = payload.ok().and_then(|p| {
+async fn message_delivered(ctx: &SocketContext, user: &SocketUser, payload: Option<Value>) {
+    let Some(id) = payload.and_then(|p| {
         p.get("messageId")
             .and_then(Value::as_str)
             .and_then(|id| Uuid::parse_str(id).ok())
@@ -369,12 +445,8 @@ async fn message_delivered(
     }
 }
 
-async fn mark_read(
-    TryData(payload): TryData<Value>,
-    Extension(user): Extension<SocketUser>,
-    State(ctx): State<SocketContext>,
-) {
-    let Some(sender) = payload.ok().and_then(|p| {
+async fn mark_read(ctx: &SocketContext, user: &SocketUser, payload: Option<Value>) {
+    let Some(sender) = payload.and_then(|p| {
         p.get("senderId")
             .and_then(Value::as_str)
             .and_then(|id| Uuid::parse_str(id).ok())

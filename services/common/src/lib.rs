@@ -22,3 +22,5 @@ pub mod server;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
+#[cfg(feature = "test-support")]
+pub mod testing_socketio;

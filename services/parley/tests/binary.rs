@@ -3,48 +3,13 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use parley_common::testing::{self, TestDatabase};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use support::{EventTap, plain};
-
-const BIN: &str = env!("CARGO_BIN_EXE_parley");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server(Child);
-
-/// Waits until `base` answers `/readyz` with 200.
-async fn wait_ready(base: &str) {
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = plain().get(format!("{base}/readyz")).send().await
-            && response.status() == 200
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "server became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
+use support::{BIN, EventTap, Server, free_port, plain, wait_ready};
 
 #[tokio::test]
 async fn keys_migrate_serve_and_shut_down_gracefully_on_sigterm() {

@@ -371,3 +371,54 @@ pub async fn send_rest(app: &TestApp, from: &User, to: &User, body: &str) -> Val
     assert_eq!(response.status(), 200, "send");
     response.json().await.unwrap()
 }
+
+/// A Socket.IO connection authenticated with the user's cookie, as a browser does.
+pub async fn socket(app: &TestApp, user: &User) -> parley_common::testing_socketio::SocketIoClient {
+    use parley_common::testing_socketio::{ConnectOptions, SocketIoClient};
+    let mut options = ConnectOptions::new(app.base.clone(), "/chat/socket.io/");
+    options
+        .headers
+        .push(("Cookie".into(), format!("jwt={}", user.token)));
+    SocketIoClient::connect(options)
+        .await
+        .expect("socket connects")
+}
+
+/// The `parley` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_parley");
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `parley` child process, killed when dropped.
+pub struct Server(pub std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `base` answers `/readyz` with 200.
+pub async fn wait_ready(base: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(response) = plain().get(format!("{base}/readyz")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "server became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
