@@ -23,7 +23,7 @@ cd "$PARLEY_ROOT"
 # Services with their own schema and runtime role. Adding chat/notification is
 # one line each: SERVICES=(user chat notification) gives roles
 # parley_<svc>_svc, `migrate --target <svc>` and PARLEY_<SVC>_DATABASE_URL.
-SERVICES=(user)
+SERVICES=(user chat)
 
 DB_NAME=parley
 OWNER_ROLE=parley_owner

@@ -229,7 +229,10 @@ where
     tracing::info!(queue = %queue.name, "consuming");
     loop {
         let delivery = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                let _ = channel.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
             next = consumer.next() => next,
         };
         let Some(delivery) = delivery else {

@@ -546,7 +546,10 @@ async fn consume_private<F: Fn(&[u8])>(
     subscribed.notify_waiters();
     loop {
         let delivery = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                let _ = channel.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
             next = consumer.next() => next,
         };
         let Some(delivery) = delivery else {

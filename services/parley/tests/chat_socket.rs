@@ -495,3 +495,65 @@ async fn an_event_sent_right_after_connect_is_never_lost() {
         s.disconnect().await;
     }
 }
+
+#[tokio::test]
+async fn a_stalled_recipient_delays_no_one() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let app = TestApp::spawn().await;
+    let sender = register(&app, "sender").await;
+    let healthy = register(&app, "healthy").await;
+    let stalled = register(&app, "stalled").await;
+
+    // The stalled client completes the handshake, then never reads again.
+    let mut request = format!(
+        "ws://{}/chat/socket.io/?EIO=4&transport=websocket",
+        app.addr
+    )
+    .into_client_request()
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", format!("jwt={}", stalled.token).parse().unwrap());
+    let (mut frozen, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let open = frozen.next().await.unwrap().unwrap();
+    assert!(open.to_text().unwrap().starts_with('0'));
+    frozen.send(Frame::text("40")).await.unwrap();
+    loop {
+        let frame = frozen.next().await.unwrap().unwrap();
+        match frame.to_text().unwrap() {
+            "2" => frozen.send(Frame::text("3")).await.unwrap(),
+            text if text.starts_with("40") => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    let mut watcher = socket(&app, &healthy).await;
+    let s = socket(&app, &sender).await;
+    let big = envelope(&"A".repeat(4900));
+    let small = envelope("b2s=");
+    for round in 0..600 {
+        for (to, body) in [(&stalled.id, &big), (&healthy.id, &small)] {
+            let ack = s
+                .emit_with_ack(
+                    "sendMessage",
+                    json!({"senderId": sender.id, "receiverId": to, "message": body}),
+                    WAIT,
+                )
+                .await
+                .unwrap_or_else(|err| panic!("round {round}: no ack ({err:?})"));
+            assert_eq!(ack["ok"], true);
+        }
+    }
+    let mut received = 0;
+    while received < 600 {
+        match watcher.next_event(WAIT).await {
+            Some((name, _)) if name == "receiveMessage" => received += 1,
+            Some(_) => {}
+            None => panic!("the healthy receiver got only {received} of 600"),
+        }
+    }
+    drop(frozen);
+}
