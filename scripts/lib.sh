@@ -262,3 +262,23 @@ ensure_rabbitmq() {
       warn "rabbitmqctl await_startup did not confirm startup; continuing since port $AMQP_PORT is open"
   fi
 }
+
+# --- Node.js (the official socket.io-client compatibility tests) -----------
+
+# Installs Node.js and npm from Debian when missing, then the pinned
+# socket.io-client of tests-compat/ (npm ci: exactly the lock file).
+ensure_node_compat() {
+  if ! have node || ! have npm; then
+    log "Node.js/npm not installed; installing"
+    apt_install nodejs npm
+  fi
+  local dir="$PARLEY_ROOT/tests-compat"
+  if [ ! -d "$dir/node_modules/socket.io-client" ] ||
+    [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    log "installing tests-compat dependencies (npm ci)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
+      die "npm ci in tests-compat failed"
+  else
+    log "tests-compat dependencies are installed"
+  fi
+}

@@ -57,6 +57,7 @@ cd "$PARLEY_ROOT"
 ensure_rust
 ensure_postgres
 ensure_rabbitmq
+ensure_node_compat
 
 # --- 2. test role and URLs -------------------------------------------------
 
