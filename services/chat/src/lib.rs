@@ -25,7 +25,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, post, put};
-use parley_common::auth::{self, AuthMessages, Authenticator, Revocations};
+use parley_common::auth::{AuthMessages, Authenticator, Revocations};
 use parley_common::config::{CommonConfig, ConfigError};
 use parley_common::consumer;
 use parley_common::db::{self, DbError, ServiceSchema};
@@ -143,19 +143,15 @@ impl ChatService {
         let pool = db::connect(&url, SCHEMA.schema, common.db_max_connections).await?;
         db::check_schema_version(&pool, SCHEMA).await?;
 
-        let auth = Authenticator {
-            key_ring: common.key_ring()?,
+        let auth = Authenticator::start(
+            common.key_ring()?,
             revocations,
-            messages: AUTH_MESSAGES,
-        };
-        auth::follow_revocations(
+            AUTH_MESSAGES,
             broker.clone(),
-            auth.revocations.clone(),
-            Duration::from_secs(5),
+            &pool,
             background.clone(),
         )
-        .await;
-        auth::load_revocations(&pool, &auth.revocations).await?;
+        .await?;
         let projection_pool = pool.clone();
         let consumer_task = consumer::consume_durable(
             broker.clone(),

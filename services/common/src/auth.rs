@@ -296,6 +296,34 @@ pub async fn persist_revocation(
     Ok(())
 }
 
+impl Authenticator {
+    /// The authenticator of a service whose schema has a `revoked_tokens` table:
+    /// follows revocation events into `revocations` first, then loads the
+    /// table, so nothing revoked in between is missed.
+    pub async fn start(
+        key_ring: KeyRing,
+        revocations: Revocations,
+        messages: AuthMessages,
+        broker: crate::events::Broker,
+        pool: &sqlx::PgPool,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<Self, sqlx::Error> {
+        follow_revocations(
+            broker,
+            revocations.clone(),
+            Duration::from_secs(5),
+            shutdown,
+        )
+        .await;
+        load_revocations(pool, &revocations).await?;
+        Ok(Self {
+            key_ring,
+            revocations,
+            messages,
+        })
+    }
+}
+
 /// The 401 messages of a service (they differ between services, §2.1).
 #[derive(Debug, Clone, Copy)]
 pub struct AuthMessages {

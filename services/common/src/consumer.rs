@@ -13,7 +13,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -228,17 +227,11 @@ where
         .await?;
     tracing::info!(queue = %queue.name, "consuming");
     loop {
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = channel.close(200, "shutdown".into()).await;
-                return Ok(());
-            }
-            next = consumer.next() => next,
-        };
-        let Some(delivery) = delivery else {
+        let Some(delivery) =
+            crate::events::next_delivery(&mut consumer, &channel, shutdown).await?
+        else {
             return Ok(());
         };
-        let delivery = delivery?;
         let outcome = match serde_json::from_slice::<IncomingEvent>(&delivery.data) {
             Ok(event) => handle_with_retries(handler, event, &queue.name, shutdown).await,
             Err(err) => Err(HandlerError::Permanent(format!("malformed event: {err}"))),

@@ -545,18 +545,27 @@ async fn consume_private<F: Fn(&[u8])>(
         .await?;
     subscribed.notify_waiters();
     loop {
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = channel.close(200, "shutdown".into()).await;
-                return Ok(());
-            }
-            next = consumer.next() => next,
-        };
-        let Some(delivery) = delivery else {
+        let Some(delivery) = next_delivery(&mut consumer, &channel, shutdown).await? else {
             return Ok(());
         };
-        let delivery = delivery?;
         handler(&delivery.data);
         delivery.ack(BasicAckOptions::default()).await?;
+    }
+}
+
+/// The next delivery of `consumer`, or `None` once it ends or `shutdown` fires
+/// (then the channel is closed cleanly, so closing the connection later logs
+/// no error).
+pub(crate) async fn next_delivery(
+    consumer: &mut lapin::Consumer,
+    channel: &Channel,
+    shutdown: &CancellationToken,
+) -> Result<Option<lapin::message::Delivery>, BrokerError> {
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            let _ = channel.close(200, "shutdown".into()).await;
+            Ok(None)
+        }
+        next = consumer.next() => Ok(next.transpose()?),
     }
 }

@@ -182,11 +182,16 @@ impl UserService {
             (None, None) => return Err(ConfigError::Missing("PARLEY_JWT_SIGNING_KEY_FILE").into()),
         };
         let issuer = TokenIssuer::from_pem(&pem).map_err(ConfigError::from)?;
-        let auth = Authenticator {
-            key_ring: common.key_ring()?,
+        let auth = Authenticator::start(
+            common.key_ring()?,
             revocations,
-            messages: AUTH_MESSAGES,
-        };
+            AUTH_MESSAGES,
+            broker.clone(),
+            &pool,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(DbError::from)?;
         if auth
             .key_ring
             .verify(
@@ -201,17 +206,6 @@ impl UserService {
                 "the signing key is not in the JWKS; issued tokens will not verify"
             );
         }
-        // Subscribe first, then load: a revocation made in between arrives by event.
-        parley_common::auth::follow_revocations(
-            broker.clone(),
-            auth.revocations.clone(),
-            Duration::from_secs(5),
-            shutdown.clone(),
-        )
-        .await;
-        parley_common::auth::load_revocations(&pool, &auth.revocations)
-            .await
-            .map_err(DbError::from)?;
         accounts::spawn_revocation_upkeep(pool.clone(), auth.revocations.clone(), shutdown.clone());
 
         let relay = OutboxRelay::new(pool.clone(), broker.clone(), Some(metrics));
