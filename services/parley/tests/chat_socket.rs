@@ -557,3 +557,49 @@ async fn a_stalled_recipient_delays_no_one() {
     }
     drop(frozen);
 }
+
+#[tokio::test]
+async fn polling_honours_cors_and_engine_io_3_is_refused() {
+    let app = TestApp::spawn().await;
+    let rita = register(&app, "rita").await;
+    let handshake = plain()
+        .get(app.url("/chat/socket.io/?EIO=4&transport=polling"))
+        .header("origin", "http://localhost:5173")
+        .header("cookie", format!("jwt={}", rita.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(handshake.status(), 200);
+    assert_eq!(
+        handshake.headers()["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    assert_eq!(
+        handshake.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    let open = handshake.text().await.unwrap();
+    assert!(
+        open.starts_with("0{") && open.contains("\"pingTimeout\":60000"),
+        "{open}"
+    );
+
+    let preflight = plain()
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url("/chat/socket.io/?EIO=4&transport=polling"),
+        )
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+
+    let v3 = plain()
+        .get(app.url("/chat/socket.io/?EIO=3&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v3.status(), 400, "Engine.IO 3 is not allowed");
+}
