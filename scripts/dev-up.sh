@@ -23,7 +23,10 @@ cd "$PARLEY_ROOT"
 # Services with their own schema and runtime role. Adding chat/notification is
 # one line each: SERVICES=(user chat notification) gives roles
 # parley_<svc>_svc, `migrate --target <svc>` and PARLEY_<SVC>_DATABASE_URL.
-SERVICES=(user chat)
+SERVICES=(user chat notification)
+
+# The local broker (guest may connect from loopback only, which is all we use).
+LOCAL_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'
 
 DB_NAME=parley
 OWNER_ROLE=parley_owner
@@ -154,7 +157,7 @@ done
 
 for svc in "${SERVICES[@]}"; do
   log "migrating $svc (runtime role $(svc_role "$svc"))"
-  DATABASE_URL="$(db_url "$OWNER_ROLE" "$owner_pw")" \
+  DATABASE_URL="$(db_url "$OWNER_ROLE" "$owner_pw")" AMQP_URL="$LOCAL_AMQP_URL" \
     "$bin" migrate --target "$svc" --runtime-role "$(svc_role "$svc")"
 done
 
@@ -167,7 +170,7 @@ done
 # DATABASE_URL (the original's name) = the first service's runtime URL.
 DATABASE_URL="$(db_url "$(svc_role "${SERVICES[0]}")" "${svc_pw[${SERVICES[0]}]}")"
 export DATABASE_URL
-export AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'
+export AMQP_URL="$LOCAL_AMQP_URL"
 export PARLEY_JWT_SIGNING_KEY_FILE="$KEYS_DIR/jwt-signing.pem"
 export PARLEY_JWT_JWKS_FILE="$KEYS_DIR/jwks.json"
 export PUBLIC_URL="${PUBLIC_URL:-http://127.0.0.1:${PORT}}"

@@ -162,7 +162,8 @@ impl ChatService {
             },
             metrics,
             background.clone(),
-        );
+        )
+        .await;
 
         let relay = OutboxRelay::new(pool.clone(), broker.clone(), Some(metrics));
         let relay_task = relay.clone().spawn(background.clone());

@@ -87,8 +87,10 @@ struct ConsumerMetrics {
 }
 
 /// Consumes `queue` until `shutdown`, re-declaring and re-subscribing after every
-/// reconnect.
-pub fn consume_durable<F, Fut>(
+/// reconnect. Returns once the queue is declared and bound (or after 5 s when
+/// the broker is unreachable), so events published after a service has started
+/// always have somewhere to go.
+pub async fn consume_durable<F, Fut>(
     broker: Broker,
     queue: DurableQueue,
     handler: F,
@@ -112,7 +114,11 @@ where
         ),
     };
     let handler = Arc::new(handler);
-    tokio::spawn(async move {
+    let declared = Arc::new(tokio::sync::Notify::new());
+    let ready = declared.clone();
+    let ready = ready.notified();
+    let name = queue.name.clone();
+    let task = tokio::spawn(async move {
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -120,7 +126,16 @@ where
             if !broker.wait_connected(Duration::from_secs(1)).await {
                 continue;
             }
-            if let Err(err) = run(&broker, &queue, handler.as_ref(), &counters, &shutdown).await {
+            if let Err(err) = run(
+                &broker,
+                &queue,
+                handler.as_ref(),
+                &counters,
+                &declared,
+                &shutdown,
+            )
+            .await
+            {
                 tracing::warn!(queue = %queue.name, error = %err, "consumer stopped; restarting");
             }
             tokio::select! {
@@ -128,7 +143,36 @@ where
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
-    })
+    });
+    if tokio::time::timeout(Duration::from_secs(5), ready)
+        .await
+        .is_err()
+    {
+        tracing::warn!(queue = %name, "queue not declared yet; it will be once the broker is reachable");
+    }
+    task
+}
+
+/// Declares the events exchange and `queues` (with their dead-letter queues and
+/// bindings) on the broker at `url`, then disconnects. `parley migrate` runs
+/// this before any service starts, so no event is published into a topology
+/// whose consumers do not exist yet, whatever the start-up order.
+pub async fn declare_topology(
+    url: &secrecy::SecretString,
+    exchange: &str,
+    queues: &[DurableQueue],
+) -> Result<(), BrokerError> {
+    use secrecy::ExposeSecret;
+    let connection =
+        lapin::Connection::connect(url.expose_secret(), lapin::ConnectionProperties::default())
+            .await?;
+    let channel = connection.create_channel().await?;
+    for queue in queues {
+        declare(&channel, exchange, queue).await?;
+    }
+    let _ = channel.close(200, "declared".into()).await;
+    let _ = connection.close(200, "declared".into()).await;
+    Ok(())
 }
 
 /// Declares the queue, its dead-letter exchange and queue, and the bindings.
@@ -206,6 +250,7 @@ async fn run<F, Fut>(
     queue: &DurableQueue,
     handler: &F,
     counters: &ConsumerMetrics,
+    declared: &tokio::sync::Notify,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError>
 where
@@ -214,6 +259,7 @@ where
 {
     let channel = broker.channel().await?;
     declare(&channel, broker.exchange(), queue).await?;
+    declared.notify_waiters();
     channel
         .basic_qos(queue.prefetch, BasicQosOptions::default())
         .await?;

@@ -23,4 +23,6 @@ pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
 #[cfg(feature = "test-support")]
+pub mod testing_smtp;
+#[cfg(feature = "test-support")]
 pub mod testing_socketio;

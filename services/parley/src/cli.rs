@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use parley_chat::ChatConfig;
 use parley_common::config::CommonConfig;
+use parley_notification::NotificationConfig;
 use parley_user::UserConfig;
 
 /// Parley: end-to-end-encrypted chat, one binary, several services.
@@ -40,6 +41,8 @@ pub enum Target {
     User,
     /// The chat service: `/chat/*` REST and `/chat/socket.io/`.
     Chat,
+    /// The notification service: `/notifications/*` and `/notification/*`.
+    Notification,
 }
 
 impl Target {
@@ -51,6 +54,11 @@ impl Target {
     /// Whether this target includes the chat service.
     pub fn runs_chat(self) -> bool {
         matches!(self, Target::All | Target::Chat)
+    }
+
+    /// Whether this target includes the notification service.
+    pub fn runs_notification(self) -> bool {
+        matches!(self, Target::All | Target::Notification)
     }
 }
 
@@ -73,6 +81,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub chat: ChatConfig,
+
+    #[command(flatten)]
+    pub notification: NotificationConfig,
 }
 
 /// `parley migrate`.
@@ -93,6 +104,14 @@ pub struct MigrateArgs {
     /// Runtime role to grant DML on the migrated schema(s).
     #[arg(long, env = "PARLEY_RUNTIME_ROLE")]
     pub runtime_role: Option<String>,
+
+    /// RabbitMQ URL; when set, the services' queues and bindings are declared too (`MESSAGE_BROKER_URL` is accepted too).
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<secrecy::SecretString>,
+
+    /// Topic exchange carrying domain events.
+    #[arg(long, env = "PARLEY_EVENTS_EXCHANGE", default_value = "parley.events")]
+    pub events_exchange: String,
 
     /// Log format.
     #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value_t = parley_common::config::LogFormat::Human)]

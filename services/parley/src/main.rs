@@ -50,6 +50,9 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     if args.target.runs_chat() {
         schemas.push(parley_chat::SCHEMA);
     }
+    if args.target.runs_notification() {
+        schemas.push(parley_notification::SCHEMA);
+    }
     for schema in schemas {
         tracing::info!(schema = schema.schema, database = %redact_url(&url), "migrating");
         db::migrate(&url, schema, args.runtime_role.as_deref()).await?;

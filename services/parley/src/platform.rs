@@ -11,6 +11,7 @@ use parley_common::events::Broker;
 use parley_common::metrics::Metrics;
 use parley_common::ops::HealthChecks;
 use parley_common::server;
+use parley_notification::NotificationService;
 use parley_user::UserService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,8 @@ pub enum PlatformError {
     User(#[from] parley_user::StartError),
     #[error("chat service: {0}")]
     Chat(#[from] parley_chat::StartError),
+    #[error("notification service: {0}")]
+    Notification(#[from] parley_notification::StartError),
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -94,6 +97,21 @@ impl Platform {
             routers.push(chat.router);
             tasks.extend(chat.tasks);
             pools.push(chat.pool);
+        }
+        if args.target.runs_notification() {
+            let notification = NotificationService::start(
+                &args.common,
+                &args.notification,
+                broker.clone(),
+                &metrics,
+                revocations.clone(),
+                background.clone(),
+            )
+            .await?;
+            health = health.merge(&notification.health);
+            routers.push(notification.router);
+            tasks.extend(notification.tasks);
+            pools.push(notification.pool);
         }
         let router = server::compose(routers, health, metrics, &args.common.http_settings());
         Ok(Self {

@@ -533,7 +533,11 @@ async fn the_runtime_role_gets_dml_on_its_schema_and_nothing_more() {
         .execute(format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name()).as_str())
         .await
         .unwrap();
-    for schema in [parley_user::SCHEMA, parley_chat::SCHEMA] {
+    for schema in [
+        parley_user::SCHEMA,
+        parley_chat::SCHEMA,
+        parley_notification::SCHEMA,
+    ] {
         parley_common::db::migrate(db.url(), schema, Some(&role))
             .await
             .unwrap();

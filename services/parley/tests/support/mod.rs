@@ -115,6 +115,11 @@ impl TestApp {
             ("--prekey-fetch-rate-limit-max".into(), "100000".into()),
             ("--shutdown-grace-secs".into(), "2".into()),
             ("--chat-rate-limit-max".into(), "100000".into()),
+            ("--notification-rate-limit-max".into(), "100000".into()),
+            (
+                "--notification-create-rate-limit-max".into(),
+                "100000".into(),
+            ),
         ];
         for (name, value) in options.flags {
             flags.retain(|(existing, _)| *existing != name);
@@ -182,7 +187,11 @@ impl Drop for TestApp {
 /// A fresh database with every schema migrated.
 pub async fn migrated_database() -> TestDatabase {
     let db = TestDatabase::create().await;
-    for schema in [parley_user::SCHEMA, parley_chat::SCHEMA] {
+    for schema in [
+        parley_user::SCHEMA,
+        parley_chat::SCHEMA,
+        parley_notification::SCHEMA,
+    ] {
         parley_common::db::migrate(db.url(), schema, None)
             .await
             .expect("migrate");
@@ -418,6 +427,35 @@ pub async fn wait_ready(base: &str) {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "server became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `GET path` as `user` until `ready` accepts the JSON body (at most 10 s).
+pub async fn poll_json(
+    app: &TestApp,
+    user: &User,
+    path: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body: Value = user
+            .client
+            .get(app.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never became ready: {body}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
