@@ -62,6 +62,25 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             "schema is up to date"
         );
     }
+    let amqp = args.amqp_url.or_else(|| {
+        parley_common::config::or_env(None, "MESSAGE_BROKER_URL").map(secrecy::SecretString::from)
+    });
+    if let Some(amqp) = amqp {
+        let exchange = &args.events_exchange;
+        let mut queues = Vec::new();
+        if args.target.runs_chat() {
+            queues.push(parley_chat::projection::queue(exchange));
+        }
+        if args.target.runs_notification() {
+            queues.push(parley_notification::consumer::queue(exchange));
+        }
+        parley_common::consumer::declare_topology(&amqp, exchange, &queues)
+            .await
+            .with_context(|| format!("declaring queues on {}", redact_url(&amqp)))?;
+        for queue in &queues {
+            tracing::info!(queue = %queue.name, "queue and bindings declared");
+        }
+    }
     Ok(())
 }
 

@@ -192,3 +192,74 @@ async fn the_original_environment_names_work_too() {
     assert_eq!(limited.status(), 429, "AUTH_RATE_LIMIT_MAX=1");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn migrate_declares_the_queues_so_events_published_before_the_first_start_are_kept() {
+    use lapin::options::BasicPublishOptions;
+    let db = TestDatabase::create().await;
+    let exchange = testing::unique_exchange();
+    let migrate = Command::new(BIN)
+        .args(["migrate", "--target", "all"])
+        .env("DATABASE_URL", db.url().expose_secret())
+        .env("AMQP_URL", testing::amqp_url().expose_secret())
+        .env("PARLEY_EVENTS_EXCHANGE", &exchange)
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "{migrate:?}");
+    let logs = String::from_utf8_lossy(&migrate.stdout);
+    assert!(logs.contains(&format!("{exchange}.notification")), "{logs}");
+
+    // A registration event arrives while no notification service has ever run.
+    let user = uuid::Uuid::new_v4();
+    let event = json!({"id": uuid::Uuid::new_v4(), "type": "user.registered", "occurredAt": "2026-11-24T20:00:00Z",
+        "data": {"userId": user, "username": "early", "email": "early@example.com"}});
+    let connection = lapin::Connection::connect(
+        testing::amqp_url().expose_secret(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            exchange.as_str().into(),
+            "user.registered".into(),
+            BasicPublishOptions::default(),
+            event.to_string().as_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+
+    let db = std::sync::Arc::new(db);
+    let _app = support::TestApp::spawn_with(support::Options {
+        db: Some(db.clone()),
+        exchange: Some(exchange.clone()),
+        ..support::Options::default()
+    })
+    .await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db.url().expose_secret())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM parley_notification.notifications WHERE user_id = $1",
+        )
+        .bind(user)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if count == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the early event was kept for the notification service"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
