@@ -282,3 +282,14 @@ ensure_node_compat() {
     log "tests-compat dependencies are installed"
   fi
 }
+
+# --- Python venv (offline Kubernetes schema validation tools) ---------------
+
+ensure_python_venv() {
+  local python="${PYTHON:-python3}"
+  have "$python" || apt_install python3
+  if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    log "python3 venv support missing; installing"
+    apt_install python3-venv
+  fi
+}

@@ -115,4 +115,15 @@ else
   cargo test --workspace --locked "${runner_args[@]}"
 fi
 
+# --- 5. Kubernetes manifests ---------------------------------------------------
+# The operator tests wrote target/render/*.yaml; validate those and the Helm
+# chart against the Kubernetes OpenAPI schemas (strict), offline.
+if [ "${#runner_args[@]}" -eq 0 ]; then
+  ensure_python_venv
+  log "Kubernetes manifests: helm lint and strict schema validation"
+  bash "$PARLEY_ROOT/scripts/validate-k8s.sh"
+else
+  log "test filter given: skipping the Kubernetes manifest validation"
+fi
+
 log "all checks and tests passed"

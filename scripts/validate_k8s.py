@@ -78,7 +78,11 @@ def values_from_sets(sets: list[str]) -> dict[str, Any]:
 def cmd_lint(args: argparse.Namespace) -> int:
     import helm_python as helm
 
-    values = values_from_sets(args.set)
+    try:
+        values = values_from_sets(args.set)
+    except helm.HelmError as e:
+        print(f"  bad --set: {e}")
+        return 1
     report = helm.lint(
         args.chart,
         values or None,
@@ -103,19 +107,28 @@ def cmd_lint(args: argparse.Namespace) -> int:
 def cmd_template(args: argparse.Namespace) -> int:
     import helm_python as helm
 
-    values = values_from_sets(args.set)
-    with helm.Chart.load(args.chart) as chart:
-        rendered = chart.render(
-            values or None,
-            name=args.release,
-            namespace=args.namespace,
-            is_install=True,
-        )
+    try:
+        values = values_from_sets(args.set)
+        with helm.Chart.load(args.chart) as chart:
+            rendered = chart.render(
+                values or None,
+                name=args.release,
+                namespace=args.namespace,
+                is_install=True,
+            )
+    except helm.HelmError as e:
+        print(f"  {type(e).__name__}: {str(e).strip()}")
+        return 1
     out: list[str] = []
     for source in sorted(rendered):
         if source.endswith("NOTES.txt"):
             continue
-        for doc in yaml.safe_load_all(rendered[source]):
+        try:
+            docs = list(yaml.safe_load_all(rendered[source]))
+        except yaml.YAMLError as e:
+            print(f"  {source} is not valid YAML: {e}")
+            return 1
+        for doc in docs:
             if doc is None:
                 continue
             out.append(f"# Source: {source}\n" + yaml.safe_dump(doc, sort_keys=False))
@@ -144,7 +157,7 @@ def validate_core(doc: dict[str, Any], kube_version: str) -> tuple[str, str | No
         raise SystemExit(f"kubernetes-validate has no schemas for Kubernetes {e.version}")
 
 
-def report(results: list[tuple[str, dict[str, Any], str, str | None]]) -> int:
+def summarize(results: list[tuple[str, dict[str, Any], str, str | None]]) -> int:
     """Print per-object results and a summary; return 1 on any failure."""
     failed = [r for r in results if r[2] == "failed"]
     skipped = [r for r in results if r[2] == "skipped"]
@@ -170,7 +183,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for doc in docs:
             status, message = validate_core(doc, args.kube_version)
             results.append((file, doc, status, message))
-    return report(results)
+    return summarize(results)
 
 
 # --------------------------------------------------------- CRD schemas
@@ -217,8 +230,12 @@ def crd_validators(crd_path: Path) -> dict[tuple[str, str], Any]:
             if not version.get("served", True) or not schema:
                 continue
             converted = openapi_to_jsonschema(schema)
-            # The API server accepts any valid ObjectMeta; the CRD leaves it open.
-            converted.setdefault("properties", {})["metadata"] = {"type": "object"}
+            # The API server adds apiVersion, kind and metadata (any valid
+            # ObjectMeta) to every CRD's root schema.
+            root = converted.setdefault("properties", {})
+            root["apiVersion"] = {"type": "string"}
+            root["kind"] = {"type": "string"}
+            root["metadata"] = {"type": "object"}
             key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
             validators[key] = jsonschema.Draft7Validator(converted)
     if not validators:
@@ -244,11 +261,13 @@ def cmd_crd(args: argparse.Namespace) -> int:
                 else:
                     status, message = "ok", None
             results.append((file, doc, status, message))
-    return report(results)
+    return summarize(results)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kube-version", default=DEFAULT_KUBE_VERSION)
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -1,4 +1,7 @@
 //! The Parley operator: reconciles `ChatCluster` resources.
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod crd;
+pub mod render;
+pub mod validate;

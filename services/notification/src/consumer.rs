@@ -88,7 +88,7 @@ pub async fn apply(ctx: &NotificationContext, event: IncomingEvent) -> Result<()
             emailed = queue_email(
                 ctx,
                 &mut tx,
-                &email,
+                Recipient::Address(user, &email),
                 Kind::Welcome,
                 "Welcome to Chat App",
                 WELCOME_MESSAGE,
@@ -107,27 +107,17 @@ pub async fn apply(ctx: &NotificationContext, event: IncomingEvent) -> Result<()
             let title = format!("New message from {sender}");
             insert_notification(&mut tx, receiver, "message", &title, ENCRYPTED_PLACEHOLDER)
                 .await?;
-            let address: Option<String> =
-                sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
-                    .bind(receiver)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            match address {
-                Some(address) => {
-                    emailed = queue_email(
-                        ctx,
-                        &mut tx,
-                        &address,
-                        Kind::Message,
-                        &title,
-                        MESSAGE_EMAIL_BODY,
-                    )
-                    .await?;
-                }
-                None => {
-                    tracing::warn!(user = %receiver, "no address known for an offline message's receiver; no email")
-                }
-            }
+            // The address may not be known yet (the registration event can
+            // arrive after this one): the mailer resolves it when sending.
+            emailed = queue_email(
+                ctx,
+                &mut tx,
+                Recipient::User(receiver),
+                Kind::Message,
+                &title,
+                MESSAGE_EMAIL_BODY,
+            )
+            .await?;
             ctx.consumed.with_label_values(&["message"]).inc();
         }
         "auth.token_revoked" => persist_revocation(&mut tx, &event.data).await?,
@@ -159,11 +149,19 @@ async fn insert_notification(
     Ok(())
 }
 
+/// Who an email goes to.
+enum Recipient<'a> {
+    /// A user whose address is known now.
+    Address(Uuid, &'a str),
+    /// A user whose address the mailer looks up when sending.
+    User(Uuid),
+}
+
 /// Queues an email in the caller's transaction; `false` when email is off.
 async fn queue_email(
     ctx: &NotificationContext,
     tx: &mut PgConnection,
-    to: &str,
+    to: Recipient<'_>,
     kind: Kind,
     subject: &str,
     body: &str,
@@ -171,11 +169,16 @@ async fn queue_email(
     if !ctx.mailer.enabled() {
         return Ok(false);
     }
+    let (user, address) = match to {
+        Recipient::Address(user, address) => (user, Some(address)),
+        Recipient::User(user) => (user, None),
+    };
     let email = ctx.templates.render(kind, subject, body);
     sqlx::query(
-        "INSERT INTO emails (recipient, subject, html_body, text_body) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO emails (user_id, recipient, subject, html_body, text_body) VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(to)
+    .bind(user)
+    .bind(address)
     .bind(&email.subject)
     .bind(&email.html)
     .bind(&email.text)

@@ -159,12 +159,24 @@ impl Mailer {
         let Some(transport) = &self.transport else {
             return Ok(0);
         };
-        type Due = (Uuid, String, String, String, String, i32, OffsetDateTime);
+        type Due = (
+            Uuid,
+            Option<String>,
+            String,
+            String,
+            String,
+            i32,
+            OffsetDateTime,
+        );
+        // The address is the one queued, else the user's as known now.
         let due: Vec<Due> = sqlx::query_as(
-            "UPDATE emails SET next_attempt_at = now() + make_interval(secs => $2) \
-             WHERE id IN (SELECT id FROM emails WHERE status = 'pending' AND next_attempt_at <= now() \
-                          ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, recipient, subject, html_body, text_body, attempts, created_at",
+            "WITH claimed AS ( \
+               UPDATE emails SET next_attempt_at = now() + make_interval(secs => $2) \
+               WHERE id IN (SELECT id FROM emails WHERE status = 'pending' AND next_attempt_at <= now() \
+                            ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+               RETURNING id, user_id, recipient, subject, html_body, text_body, attempts, created_at) \
+             SELECT c.id, COALESCE(c.recipient, u.email), c.subject, c.html_body, c.text_body, c.attempts, c.created_at \
+             FROM claimed c LEFT JOIN users u ON u.id = c.user_id",
         )
         .bind(self.concurrency as i64 * 4)
         .bind(LEASE_SECS)
@@ -173,7 +185,10 @@ impl Mailer {
         let count = due.len();
         let attempts = due.into_iter().map(
             |(id, to, subject, html, text, attempts, created)| async move {
-                let outcome = self.attempt(transport, &to, &subject, html, text).await;
+                let outcome = match to {
+                    Some(to) => self.attempt(transport, &to, &subject, html, text).await,
+                    None => Attempt::Retry("the receiver's address is not known yet".into()),
+                };
                 (id, attempts, created, outcome)
             },
         );

@@ -343,3 +343,27 @@ async fn smtp_credentials_are_used_when_configured() {
         Some(("mailer".to_owned(), "s3cret".to_owned()))
     );
 }
+
+#[tokio::test]
+async fn a_message_email_waits_for_an_address_that_arrives_later() {
+    let smtp = SmtpServer::start().await;
+    let app = app_with_smtp(&smtp).await;
+    let user = uuid::Uuid::new_v4();
+    let offline = json!({"id": uuid::Uuid::new_v4(), "type": "chat.message.offline", "occurredAt": "2026-11-24T20:00:00Z",
+        "data": {"messageId": uuid::Uuid::new_v4(), "senderId": uuid::Uuid::new_v4(), "senderUsername": "early", "receiverId": user, "createdAt": "2026-11-24T20:00:00.000Z"}});
+    publish(&app.exchange, "chat.message.offline", &offline).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        smtp.received().is_empty(),
+        "no address yet: nothing sent, nothing lost"
+    );
+    let registered = json!({"id": uuid::Uuid::new_v4(), "type": "user.registered", "occurredAt": "2026-11-24T20:00:01Z",
+        "data": {"userId": user, "username": "late", "email": "late@example.com"}});
+    publish(&app.exchange, "user.registered", &registered).await;
+    let mails = smtp.wait_for(2, Duration::from_secs(20)).await;
+    let message = mails
+        .iter()
+        .find(|m| m.subject == "New message from early")
+        .expect("the message email");
+    assert_eq!(message.to, vec!["late@example.com".to_owned()]);
+}

@@ -573,6 +573,11 @@ async fn the_runtime_role_gets_dml_on_its_schema_and_nothing_more() {
     .await;
     register(&app, "roleuser").await;
     app.stop().await;
+    // The role owns privileges inside the database: drop the database first.
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name()).as_str())
+        .await
+        .unwrap();
     drop(db);
     admin
         .execute(format!("DROP ROLE IF EXISTS {role}").as_str())
