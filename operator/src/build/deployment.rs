@@ -8,17 +8,16 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
-    WeightedPodAffinityTerm,
+    EnvFromSource, EnvVar, HTTPGetAction, KeyToPath, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::{self, JWT_MOUNT};
 use super::secret::{self, SERVICE_ROLES};
-use super::{Component, Ctx, HTTP_PORT, MigrationState};
+use super::{Component, Ctx, HTTP_PORT, MigrationState, secret_env};
 use crate::crd::ServiceSpec;
 
 /// The Deployment (and Service) name of a component.
@@ -78,22 +77,6 @@ fn default_replicas(component: Component) -> i32 {
     match component {
         Component::Notification => 1,
         _ => 2,
-    }
-}
-
-/// An env var from a Secret key.
-pub fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: None,
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
     }
 }
 

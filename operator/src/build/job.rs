@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::Ctx;
-use super::deployment::{container_security, pod_security, secret_env};
+use super::deployment::{container_security, pod_security};
 use super::secret::{self, SERVICE_ROLES};
+use super::secret_env;
 
 const COMPONENT: &str = "migration";
 

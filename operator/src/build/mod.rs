@@ -332,6 +332,23 @@ pub fn build(
     Ok(desired)
 }
 
+/// An env var read from a Secret key.
+pub fn secret_env(name: &str, secret: &str, key: &str) -> k8s_openapi::api::core::v1::EnvVar {
+    use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
 /// Labels selecting every object the operator made for `cluster` (orphan cleanup).
 pub fn ownership_selector(cluster_name: &str) -> String {
     format!("app.kubernetes.io/instance={cluster_name},app.kubernetes.io/managed-by={MANAGER}")

@@ -2,15 +2,15 @@
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort, ServiceSpec, VolumeMount,
+    Container, ContainerPort, ExecAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    Service, ServicePort, ServiceSpec, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::Value;
 
-use super::Ctx;
 use super::postgres::claim;
 use super::secret;
+use super::{Ctx, secret_env};
 use crate::crd::ManagedRabbitmq;
 
 const COMPONENT: &str = "rabbitmq";
@@ -18,21 +18,6 @@ const COMPONENT: &str = "rabbitmq";
 /// The Service (and StatefulSet) name.
 pub fn name(ctx: &Ctx) -> String {
     ctx.child(COMPONENT)
-}
-
-fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: None,
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
 }
 
 /// Builds the Service and StatefulSet.
@@ -79,8 +64,8 @@ pub fn build(ctx: &Ctx, spec: &ManagedRabbitmq) -> Vec<Value> {
                         name: "rabbitmq".into(),
                         image: Some(format!("rabbitmq:{}", spec.version)),
                         env: Some(vec![
-                            from_secret("RABBITMQ_DEFAULT_USER", &secret, "username"),
-                            from_secret("RABBITMQ_DEFAULT_PASS", &secret, "password"),
+                            secret_env("RABBITMQ_DEFAULT_USER", &secret, "username"),
+                            secret_env("RABBITMQ_DEFAULT_PASS", &secret, "password"),
                         ]),
                         ports: Some(vec![ContainerPort {
                             name: Some("amqp".into()),
