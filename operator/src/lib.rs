@@ -4,4 +4,5 @@
 pub mod build;
 pub mod crd;
 pub mod render;
+pub mod status;
 pub mod validate;
