@@ -44,6 +44,11 @@ pub struct ChatConfig {
     #[arg(long, env = "PARLEY_SOCKET_MAX_PAYLOAD", default_value_t = 1_000_000)]
     pub socket_max_payload: u64,
 
+    /// Outgoing packets buffered per socket; a socket whose buffer is full
+    /// (a stalled client) loses events instead of delaying anyone else.
+    #[arg(long, env = "PARLEY_SOCKET_BUFFER_PACKETS", default_value_t = 4096)]
+    pub socket_buffer_packets: usize,
+
     /// Engine.IO ping interval in milliseconds.
     #[arg(long, env = "PARLEY_SOCKET_PING_INTERVAL_MS", default_value_t = 25_000)]
     pub socket_ping_interval_ms: u64,

@@ -198,6 +198,7 @@ impl ChatService {
             .ping_interval(Duration::from_millis(config.socket_ping_interval_ms))
             .ping_timeout(Duration::from_millis(config.socket_ping_timeout_ms))
             .max_payload(config.socket_max_payload)
+            .max_buffer_size(config.socket_buffer_packets.max(16))
             .with_state(ctx.clone())
             .build_svc();
         io.ns("/", socket::connected.with(socket::authenticate));

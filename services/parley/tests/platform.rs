@@ -529,6 +529,12 @@ async fn the_runtime_role_gets_dml_on_its_schema_and_nothing_more() {
         .execute(format!("CREATE ROLE {role} LOGIN PASSWORD 'rt-pass'").as_str())
         .await
         .unwrap();
+    // Membership lets the (non-superuser) test role end this role's sessions
+    // when the database is dropped at the end.
+    admin
+        .execute(format!("GRANT {role} TO CURRENT_USER").as_str())
+        .await
+        .unwrap();
     admin
         .execute(format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name()).as_str())
         .await
@@ -573,6 +579,19 @@ async fn the_runtime_role_gets_dml_on_its_schema_and_nothing_more() {
     .await;
     register(&app, "roleuser").await;
     app.stop().await;
+    // Wait (bounded) for the runtime role's pooled sessions to end.
+    for _ in 0..100 {
+        let sessions: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")
+                .bind(&role)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The role owns privileges inside the database: drop the database first.
     admin
         .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name()).as_str())
