@@ -195,12 +195,13 @@ impl Presence {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        if !orphaned.is_empty() {
-            tracing::info!(
-                users = orphaned.len(),
-                "reaped the sessions of dead replicas"
-            );
+        if orphaned.is_empty() {
+            return Ok(orphaned);
         }
+        tracing::info!(
+            users = orphaned.len(),
+            "reaped the sessions of dead replicas"
+        );
         let online = self.online_users().await?;
         Ok(orphaned
             .into_iter()

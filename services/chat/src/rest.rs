@@ -13,8 +13,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::ChatState;
-use crate::store::{self, MessageView, js_time};
+use crate::store::{self, MessageView};
 use crate::writer::NewMessage;
+use parley_common::http::dates::js_time;
 
 /// Body of `POST /chat/send`.
 #[derive(Debug, ToSchema)]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use parley_common::auth::{Authenticator, cookie_token};
-use parley_common::http::validate::{js_length, js_trim};
+use parley_common::http::validate::{js_length, js_trim, js_truthy};
 use serde_json::{Map, Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 use tokio::sync::mpsc;
@@ -21,9 +21,10 @@ use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use crate::realtime::Realtime;
-use crate::store::{self, Message, js_time};
+use crate::store::{self, Message};
 use crate::writer::{MessageWriter, NewMessage};
 use crate::{ChatMetrics, presence::Presence};
+use parley_common::http::dates::js_time;
 
 /// Shared state of the Socket.IO handlers.
 #[derive(Clone)]
@@ -259,16 +260,6 @@ async fn send_message(
         }
     };
     let _ = ack.send(&reply);
-}
-
-fn js_truthy(value: Option<&Value>) -> bool {
-    match value {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(flag)) => *flag,
-        Some(Value::Number(n)) => n.as_f64().is_some_and(|n| n != 0.0),
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(_) => true,
-    }
 }
 
 /// Checks, stores (new path) or loads (re-send path) and delivers a message.

@@ -1,6 +1,7 @@
 //! Message storage: reads for history, conversations and receipts. New
 //! messages are written by [`crate::writer`].
 
+use parley_common::http::dates::js_time;
 use serde::Serialize;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -21,16 +22,6 @@ pub struct Message {
 
 /// The columns of [`Message`], for `SELECT`s.
 pub const MESSAGE_COLUMNS: &str = "id, sender_id, receiver_id, body, is_encrypted, status::text AS status, created_at, updated_at";
-
-/// A timestamp as JavaScript's `Date.toJSON()` writes it: UTC, milliseconds, `Z`.
-pub fn js_time(at: OffsetDateTime) -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    at.to_offset(time::UtcOffset::UTC)
-        .format(FORMAT)
-        .expect("a valid timestamp formats")
-}
 
 /// The REST shape of a message (§4.1, §4.2).
 #[derive(Debug, Serialize)]
@@ -171,30 +162,4 @@ pub async fn mark_delivered(
         .await?;
     }
     Ok(sender)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use time::macros::datetime;
-
-    #[test]
-    fn timestamps_look_like_javascript_dates() {
-        assert_eq!(
-            js_time(datetime!(2026-11-24 20:05:45.123456 UTC)),
-            "2026-11-24T20:05:45.123Z"
-        );
-        assert_eq!(
-            js_time(datetime!(2026-11-24 20:05:45 UTC)),
-            "2026-11-24T20:05:45.000Z"
-        );
-        assert_eq!(
-            js_time(datetime!(2026-11-24 20:05:45.1 UTC)),
-            "2026-11-24T20:05:45.100Z"
-        );
-        assert_eq!(
-            js_time(datetime!(2026-11-24 21:05:45.5 +1)),
-            "2026-11-24T20:05:45.500Z"
-        );
-    }
 }

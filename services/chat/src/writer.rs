@@ -185,17 +185,14 @@ async fn write_batch(
             receiver_offline,
         });
     }
-    for s in &stored {
+    for (s, new) in stored.iter().zip(messages) {
         if s.receiver_offline {
             offline_events.push(OfflineMessage {
                 message_id: s.message.id,
                 sender_id: s.message.sender_id,
-                sender_username: messages
-                    .iter()
-                    .find(|m| m.sender_id == s.message.sender_id)
-                    .map_or("", |m| m.sender_username.as_str()),
+                sender_username: new.sender_username.as_str(),
                 receiver_id: s.message.receiver_id,
-                created_at: crate::store::js_time(s.message.created_at),
+                created_at: parley_common::http::dates::js_time(s.message.created_at),
             });
         }
     }

@@ -66,12 +66,6 @@ impl HealthChecks {
     }
 }
 
-#[derive(Clone)]
-struct OpsState {
-    checks: Arc<HealthChecks>,
-    metrics: Metrics,
-}
-
 /// The router with `/health`, `/livez`, `/readyz` and `/metrics`.
 pub fn router(checks: HealthChecks, metrics: Metrics) -> Router {
     Router::new()
@@ -80,12 +74,9 @@ pub fn router(checks: HealthChecks, metrics: Metrics) -> Router {
         .route("/livez", get(|| async { Json(json!({"status":"ok"})) }))
         .route(
             "/metrics",
-            get(crate::metrics::exposition).with_state(metrics.clone()),
+            get(crate::metrics::exposition).with_state(metrics),
         )
-        .with_state(OpsState {
-            checks: Arc::new(checks),
-            metrics,
-        })
+        .with_state(Arc::new(checks))
 }
 
 /// Health route for mounting under a service prefix (e.g. `/user/health`).
@@ -99,9 +90,8 @@ pub fn health_route<S: Clone + Send + Sync + 'static>(
     })
 }
 
-async fn health(State(state): State<OpsState>) -> Response {
-    let _ = &state.metrics;
-    health_response(&state.checks).await
+async fn health(State(checks): State<Arc<HealthChecks>>) -> Response {
+    health_response(&checks).await
 }
 
 async fn health_response(checks: &HealthChecks) -> Response {

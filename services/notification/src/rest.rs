@@ -30,28 +30,12 @@ pub struct Notification {
     pub title: String,
     pub message: String,
     pub read: bool,
-    #[serde(with = "js_time")]
+    #[serde(serialize_with = "parley_common::http::dates::serialize")]
     #[schema(value_type = String)]
     pub created_at: OffsetDateTime,
-    #[serde(with = "js_time")]
+    #[serde(serialize_with = "parley_common::http::dates::serialize")]
     #[schema(value_type = String)]
     pub updated_at: OffsetDateTime,
-}
-
-mod js_time {
-    use serde::Serializer;
-    use time::OffsetDateTime;
-
-    pub fn serialize<S: Serializer>(at: &OffsetDateTime, serializer: S) -> Result<S::Ok, S::Error> {
-        const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        );
-        let text = at
-            .to_offset(time::UtcOffset::UTC)
-            .format(FORMAT)
-            .map_err(serde::ser::Error::custom)?;
-        serializer.serialize_str(&text)
-    }
 }
 
 const COLUMNS: &str =

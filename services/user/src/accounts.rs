@@ -6,10 +6,10 @@ use std::time::SystemTime;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::http::header::SET_COOKIE;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use parley_common::auth::{AuthUser, Revocations, token_from_headers};
 use parley_common::events;
-use parley_common::http::error::{ok, ok_message};
+use parley_common::http::error::{ok, ok_data, ok_message};
 use parley_common::http::validate::{as_text, js_length, js_trim};
 use parley_common::http::{ApiError, ApiResult, Body, Validator, query};
 use serde::Serialize;
@@ -381,10 +381,6 @@ pub async fn search(
         })
         .collect::<Vec<_>>();
     ok_data(hits)
-}
-
-fn ok_data<T: Serialize>(data: T) -> Response {
-    axum::Json(json!({"status": 200, "data": data})).into_response()
 }
 
 /// Hourly: forget expired revocations in memory and in the table.

@@ -13,8 +13,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use parley_common::auth::AuthUser;
-use parley_common::http::error::ok_message;
-use parley_common::http::validate::{as_text, js_length, js_trim};
+use parley_common::http::error::{ok_data, ok_message};
+use parley_common::http::validate::{as_text, js_length, js_trim, js_truthy};
 use parley_common::http::{ApiError, ApiResult, Body, Validator, query};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -52,16 +52,6 @@ pub struct BackupRequest {
     /// `{encrypted, iv, salt, version, deviceId}`, stored verbatim.
     #[schema(rename = "encryptedBundle", value_type = Object)]
     encrypted_bundle: Value,
-}
-
-fn js_truthy(value: Option<&Value>) -> bool {
-    match value {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(flag)) => *flag,
-        Some(Value::Number(number)) => number.as_f64().is_some_and(|n| n != 0.0),
-        Some(Value::String(text)) => !text.is_empty(),
-        Some(_) => true,
-    }
 }
 
 /// Checks the signed prekey of a (merged) bundle.
@@ -241,11 +231,11 @@ pub async fn fetch_bundle(
             bundle.insert(key.to_owned(), value.clone());
         }
     }
-    Ok(Json(json!({
-        "status": 200,
-        "data": FetchedBundle { user_id, device_id, bundle },
+    Ok(ok_data(FetchedBundle {
+        user_id,
+        device_id,
+        bundle,
     }))
-    .into_response())
 }
 
 /// `POST /signal-keys`: store this device's encrypted key backup.
@@ -387,9 +377,8 @@ pub async fn fetch_backup(
         return Ok(Json(json!({"status": 404, "message": "Operation failed"})).into_response());
     };
     let raw = RawValue::from_string(text).map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "status": 200,
-        "data": FetchedBackup { device_id: &device_id, encrypted_bundle: &raw },
+    Ok(ok_data(FetchedBackup {
+        device_id: &device_id,
+        encrypted_bundle: &raw,
     }))
-    .into_response())
 }

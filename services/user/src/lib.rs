@@ -225,7 +225,6 @@ impl UserService {
             metrics: UserMetrics::register(metrics),
         };
         let limits = Limits::from_config(config, common.trust_proxy_hops);
-        spawn_limit_upkeep(limits.clone(), shutdown);
         let health = HealthChecks::default()
             .with_pool(pool.clone())
             .with_broker(broker);
@@ -236,25 +235,6 @@ impl UserService {
             relay_task,
         })
     }
-}
-
-fn spawn_limit_upkeep(limits: Limits, shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-            }
-            for limit in [
-                &limits.global,
-                &limits.auth,
-                &limits.prekey_publish,
-                &limits.prekey_fetch,
-            ] {
-                limit.shrink();
-            }
-        }
-    });
 }
 
 /// The public router: every route under `/user` and `/api/user`.

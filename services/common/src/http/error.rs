@@ -153,6 +153,16 @@ pub fn ok<T: Serialize>(message: &'static str, data: T) -> Response {
     .into_response()
 }
 
+/// `200 {"status":200,"data":data}` (no `message`).
+pub fn ok_data<T: Serialize>(data: T) -> Response {
+    Json(Envelope {
+        status: 200,
+        message: None,
+        data: Some(data),
+    })
+    .into_response()
+}
+
 /// `200 {"status":200,"message":message}` (no `data`).
 pub fn ok_message(message: &'static str) -> Response {
     Json(Envelope::<()> {

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod client_ip;
+pub mod dates;
 pub mod error;
 pub mod layers;
 pub mod query;

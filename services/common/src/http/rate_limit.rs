@@ -22,6 +22,9 @@ use http::{HeaderValue, StatusCode};
 
 use super::client_ip;
 
+/// Checks between two prunings of the per-client state.
+const PRUNE_EVERY: u64 = 4096;
+
 type Limiter =
     RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
 
@@ -54,6 +57,7 @@ struct Inner {
     period: Duration,
     message: &'static str,
     trust_proxy_hops: usize,
+    checks: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -82,6 +86,7 @@ impl RateLimit {
                 period,
                 message,
                 trust_proxy_hops,
+                checks: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -101,6 +106,14 @@ impl RateLimit {
         );
         let request = Request::from_parts(parts, body);
         let inner = &self.inner;
+        // Now and then, forget clients that are back at full capacity, so the
+        // per-client state stays bounded without a task of its own.
+        let checks = inner
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if checks % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            inner.limiter.retain_recent();
+        }
         match inner.limiter.check_key(&ip) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
@@ -122,11 +135,6 @@ impl RateLimit {
                 response
             }
         }
-    }
-
-    /// Drops the state of clients that are back at full capacity.
-    pub fn shrink(&self) {
-        self.inner.limiter.retain_recent();
     }
 }
 

@@ -65,6 +65,18 @@ pub fn js_trim(text: &str) -> &str {
     text.trim_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}')
 }
 
+/// JavaScript truthiness of a body value (`undefined`, `null`, `false`, `0`,
+/// `NaN` and `""` are falsy).
+pub fn js_truthy(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(flag)) => *flag,
+        Some(Value::Number(number)) => number.as_f64().is_some_and(|n| n != 0.0),
+        Some(Value::String(text)) => !text.is_empty(),
+        Some(_) => true,
+    }
+}
+
 /// Length as validator.js `isLength` counts it: code points, not counting
 /// variation selectors.
 pub fn js_length(text: &str) -> usize {
