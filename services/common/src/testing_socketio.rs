@@ -292,6 +292,18 @@ impl SocketIoClient {
             .flatten()
     }
 
+    /// The next event already received, without waiting; `None` if there is none
+    /// (yet). Lets a load generator holding many idle connections drain them.
+    pub fn try_next_event(&mut self) -> Option<(String, Value)> {
+        self.events.try_recv().ok()
+    }
+
+    /// Whether the connection has ended (closed by either side, or the server
+    /// went silent). Events received before the end can still be read.
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
+    }
+
     /// Waits for the event `name` and returns its first argument, discarding the
     /// other events received before it. `None` on timeout or close.
     pub async fn expect_event(&mut self, name: &str, timeout: Duration) -> Option<Value> {
