@@ -228,6 +228,42 @@ psql_admin() {
   fi
 }
 
+# --- PostgreSQL objects (dev-up.sh, bench.sh) --------------------------------
+
+# 24 random bytes as hex: a URL-safe password with no quoting issues.
+random_hex() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
+
+# pg_ensure_role ROLE PASSWORD: create login ROLE if missing; (re)set its password.
+pg_ensure_role() {
+  log "role $1"
+  psql_admin -v role="$1" -v pw="$2" <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN', :'role')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
+ALTER ROLE :"role" WITH LOGIN NOSUPERUSER PASSWORD :'pw';
+SQL
+}
+
+# pg_ensure_database DB OWNER: create DB if missing, owned by OWNER.
+pg_ensure_database() {
+  log "database $1 (owner $2)"
+  psql_admin -v db="$1" -v owner="$2" <<'SQL'
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'owner')
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
+ALTER DATABASE :"db" OWNER TO :"owner";
+SQL
+}
+
+# pg_grant_connect DB ROLE
+pg_grant_connect() {
+  log "grant CONNECT on $1 to $2"
+  psql_admin -v db="$1" -v role="$2" <<'SQL'
+GRANT CONNECT ON DATABASE :"db" TO :"role";
+SQL
+}
+
+# pg_url ROLE PASSWORD DB: a TCP URL to the local server.
+pg_url() { printf 'postgres://%s:%s@%s:%s/%s\n' "$1" "$2" "$PG_HOST" "$PG_PORT" "$3"; }
+
 # --- RabbitMQ ------------------------------------------------------------
 
 amqp_ready() { tcp_open "$AMQP_HOST" "$AMQP_PORT"; }
