@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# Benchmarks: run one load-generator scenario against a fresh monolithic Parley.
+#
+#   scripts/bench.sh <scenario> [parley-loadgen args...]
+#   scripts/bench.sh all            # every scenario in turn, each on a fresh server
+#   scripts/bench.sh report         # markdown of every result in target/bench/
+#   scripts/bench.sh chart          # docs/performance-latency.svg from target/bench/sweep.json
+#
+# Scenarios: messaging, sweep, capacity, reads, login-flood, bundles
+# (`target/release/parley-loadgen <scenario> --help` lists their flags).
+#
+# For each scenario it: installs/starts PostgreSQL and RabbitMQ when missing
+# (scripts/lib.sh), builds `parley` and `parley-loadgen` in release, recreates
+# the database $PARLEY_BENCH_DB (default parley_bench; no other database is
+# touched) with an owner role and DML-only runtime roles, generates fresh JWT
+# keys, migrates, raises `ulimit -n` to the hard limit, starts
+# `parley serve --target all` on a random loopback port with the benchmark
+# settings below, samples the server's RSS from /proc every second, runs the
+# scenario, writes target/bench/<scenario>.json (+ .md, .rss.csv, .server.log)
+# and prints the markdown summary. The server is stopped at exit.
+#
+# Server settings (printed at start): bcrypt cost 12 (the default), every
+# per-IP rate limit raised to 1e9 (all load comes from one IP),
+# PARLEY_LOG=warn, events exchange `parley.bench` (its queues are emptied
+# first). Everything else is the default configuration.
+#
+# Environment:
+#   PARLEY_BENCH_DB=parley_bench     database to recreate (must start with parley_bench)
+#   PARLEY_BENCH_OUT=target/bench    where results go
+#   PARLEY_BENCH_PORT=               server port (default: a free random one)
+#   PARLEY_BENCH_BCRYPT_COST=12      bcrypt cost of the server
+#   PARLEY_BENCH_SERVER_ARGS=        extra `parley serve` flags, e.g. "--chat-writers 8"
+#   PARLEY_BENCH_NO_BUILD=1          use the existing release binaries
+#   PARLEY_BENCH_PERF=1              record a CPU profile of the server with
+#                                    `perf record -e cpu-clock` into <scenario>.perf.data
+#                                    and print its top functions
+#   PARLEY_BENCH_KEEP_DB=1           keep the database after the run
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+[ "$#" -ge 1 ] || {
+  usage >&2
+  exit 2
+}
+scenario="$1"
+shift
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$PARLEY_ROOT"
+
+OUT="${PARLEY_BENCH_OUT:-$PARLEY_ROOT/target/bench}"
+DB_NAME="${PARLEY_BENCH_DB:-parley_bench}"
+BCRYPT_COST="${PARLEY_BENCH_BCRYPT_COST:-12}"
+EXCHANGE=parley.bench
+SERVICES=(user chat notification)
+OWNER_ROLE=parley_bench_owner
+LOADGEN="$PARLEY_ROOT/target/release/parley-loadgen"
+PARLEY_BIN="$PARLEY_ROOT/target/release/parley"
+SCENARIOS=(messaging sweep capacity reads login-flood bundles)
+
+case "$DB_NAME" in
+  parley_bench*) ;;
+  *) die "PARLEY_BENCH_DB must start with parley_bench (it is dropped and recreated)" ;;
+esac
+mkdir -p "$OUT"
+
+build() {
+  if [ "${PARLEY_BENCH_NO_BUILD:-0}" = 1 ]; then
+    [ -x "$PARLEY_BIN" ] && [ -x "$LOADGEN" ] || die "PARLEY_BENCH_NO_BUILD=1 but the release binaries are missing"
+    return 0
+  fi
+  ensure_rust
+  log "building parley and parley-loadgen (release)"
+  cargo build --release --bin parley --bin parley-loadgen
+}
+
+case "$scenario" in
+  -h | --help)
+    usage
+    exit 0
+    ;;
+  all)
+    [ "$#" -eq 0 ] || die "'all' runs every scenario with its defaults and takes no arguments"
+    for s in "${SCENARIOS[@]}"; do
+      "${BASH_SOURCE[0]}" "$s"
+      PARLEY_BENCH_NO_BUILD=1
+      export PARLEY_BENCH_NO_BUILD
+    done
+    exec "${BASH_SOURCE[0]}" report
+    ;;
+  report)
+    build
+    files=()
+    for s in "${SCENARIOS[@]}"; do
+      [ -f "$OUT/$s.json" ] && files+=("$OUT/$s.json")
+    done
+    [ "${#files[@]}" -gt 0 ] || die "no results in $OUT"
+    exec "$LOADGEN" report "${files[@]}"
+    ;;
+  chart)
+    build
+    exec "$LOADGEN" chart --in "$OUT/sweep.json" --svg "${1:-$PARLEY_ROOT/docs/performance-latency.svg}"
+    ;;
+  messaging | sweep | capacity | reads | login-flood | bundles) ;;
+  *)
+    usage >&2
+    die "unknown scenario: $scenario"
+    ;;
+esac
+
+# --- 1. dependencies and binaries ------------------------------------------
+
+ensure_postgres
+ensure_rabbitmq
+build
+
+# --- 2. machine settings for this run ----------------------------------------
+
+server_pid=""
+sampler_pid=""
+restore_somaxconn=""
+cleanup() {
+  local status=$?
+  if [ -n "$sampler_pid" ]; then kill "$sampler_pid" 2>/dev/null || true; fi
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    log "stopping the server (pid $server_pid)"
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do
+      kill -0 "$server_pid" 2>/dev/null || break
+      sleep 0.5
+    done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  if [ -n "$restore_somaxconn" ]; then
+    log "restoring net.core.somaxconn=$restore_somaxconn"
+    as_root sysctl -q -w "net.core.somaxconn=$restore_somaxconn" || true
+  fi
+  if [ "${PARLEY_BENCH_KEEP_DB:-0}" != 1 ] && [ -n "${db_created:-}" ]; then
+    psql_admin -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Open files: as many as the hard limit allows (server and load generator
+# inherit it). Raising the hard limit itself needs CAP_SYS_RESOURCE.
+soft_before="$(ulimit -Sn)"
+hard="$(ulimit -Hn)"
+ulimit -Sn "$hard"
+log "open files: soft limit $soft_before -> $(ulimit -Sn) (hard limit $hard)"
+if [ "$scenario" = capacity ] && [ "$hard" != unlimited ] && [ "$hard" -lt 101000 ]; then
+  if ulimit -Hn 1048576 2>/dev/null; then
+    ulimit -Sn 1048576
+    log "open files: raised the hard limit to 1048576"
+  else
+    warn "the hard limit of open files is $hard and cannot be raised here (no CAP_SYS_RESOURCE): the capacity run holds at most ~$((hard - 1000)) connections"
+  fi
+fi
+nofile="$(ulimit -Sn)"
+somaxconn="$(cat /proc/sys/net/core/somaxconn)"
+port_range="$(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range)"
+log "kernel: net.core.somaxconn=$somaxconn, net.ipv4.ip_local_port_range=$port_range (each 127.0.0.x source address has that many ports)"
+if [ "$scenario" = capacity ] && [ "$somaxconn" -lt 4096 ]; then
+  if as_root sysctl -q -w net.core.somaxconn=4096; then
+    restore_somaxconn="$somaxconn"
+    log "raised net.core.somaxconn $somaxconn -> 4096 for this run"
+  fi
+fi
+
+# --- 3. database, keys, migrations ---------------------------------------------
+
+owner_pw="$(random_hex)"
+pg_ensure_role "$OWNER_ROLE" "$owner_pw"
+log "recreating database $DB_NAME"
+psql_admin -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null
+db_created=1
+pg_ensure_database "$DB_NAME" "$OWNER_ROLE"
+declare -A svc_pw=()
+for svc in "${SERVICES[@]}"; do
+  role="parley_bench_${svc}_svc"
+  svc_pw[$svc]="$(random_hex)"
+  pg_ensure_role "$role" "${svc_pw[$svc]}"
+  pg_grant_connect "$DB_NAME" "$role"
+done
+
+# Empty the bench exchange's queues left by an earlier run (only ours).
+if [ -x /usr/sbin/rabbitmqctl ]; then
+  as_root /usr/sbin/rabbitmqctl -q list_queues name 2>/dev/null |
+    { grep -E "^${EXCHANGE//./\\.}\\." || true; } | while read -r queue; do
+    as_root /usr/sbin/rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+  done
+fi
+
+AMQP='amqp://guest:guest@127.0.0.1:5672/%2f'
+keys="$OUT/keys"
+rm -rf "$keys"
+(umask 077 && "$PARLEY_BIN" keys generate --out "$keys" >/dev/null)
+for svc in "${SERVICES[@]}"; do
+  DATABASE_URL="$(pg_url "$OWNER_ROLE" "$owner_pw" "$DB_NAME")" AMQP_URL="$AMQP" \
+    PARLEY_EVENTS_EXCHANGE="$EXCHANGE" PARLEY_LOG=warn \
+    "$PARLEY_BIN" migrate --target "$svc" --runtime-role "parley_bench_${svc}_svc"
+done
+
+# --- 4. server -----------------------------------------------------------------
+
+port="${PARLEY_BENCH_PORT:-}"
+if [ -z "$port" ]; then
+  for _ in $(seq 1 50); do
+    candidate=$((20000 + RANDOM % 30000))
+    if ! tcp_open 127.0.0.1 "$candidate"; then
+      port="$candidate"
+      break
+    fi
+  done
+  [ -n "$port" ] || die "no free port found"
+fi
+for svc in "${SERVICES[@]}"; do
+  var="PARLEY_$(printf '%s' "$svc" | tr '[:lower:]' '[:upper:]')_DATABASE_URL"
+  export "$var=$(pg_url "parley_bench_${svc}_svc" "${svc_pw[$svc]}" "$DB_NAME")"
+done
+export DATABASE_URL="$PARLEY_USER_DATABASE_URL"
+export AMQP_URL="$AMQP"
+export PARLEY_EVENTS_EXCHANGE="$EXCHANGE"
+export PARLEY_JWT_SIGNING_KEY_FILE="$keys/jwt-signing.pem"
+export PARLEY_JWT_JWKS_FILE="$keys/jwks.json"
+export PARLEY_BCRYPT_COST="$BCRYPT_COST"
+export PARLEY_LOG=warn
+limit=1000000000
+export PARLEY_USER_RATE_LIMIT_MAX=$limit PARLEY_AUTH_RATE_LIMIT_MAX=$limit \
+  PARLEY_PREKEY_PUBLISH_RATE_LIMIT_MAX=$limit PARLEY_PREKEY_FETCH_RATE_LIMIT_MAX=$limit \
+  PARLEY_CHAT_RATE_LIMIT_MAX=$limit PARLEY_NOTIFICATION_RATE_LIMIT_MAX=$limit \
+  PARLEY_NOTIFICATION_CREATE_RATE_LIMIT_MAX=$limit
+
+# shellcheck disable=SC2206 # word splitting of the extra flags is intended
+server_cmd=("$PARLEY_BIN" serve --target all --listen "127.0.0.1:$port" ${PARLEY_BENCH_SERVER_ARGS:-})
+if [ "${PARLEY_BENCH_PERF:-0}" = 1 ]; then
+  have perf || die "PARLEY_BENCH_PERF=1 needs perf (apt-get install linux-perf)"
+  server_cmd=(perf record -q -F 999 -e cpu-clock -o "$OUT/$scenario.perf.data" -- "${server_cmd[@]}")
+fi
+log "server: ${server_cmd[*]} (bcrypt cost $BCRYPT_COST, rate limits $limit, exchange $EXCHANGE)"
+"${server_cmd[@]}" >"$OUT/$scenario.server.log" 2>&1 &
+server_pid=$!
+if [ "${PARLEY_BENCH_PERF:-0}" = 1 ]; then
+  # The server is perf's child.
+  for _ in $(seq 1 50); do
+    child="$(pgrep -P "$server_pid" -x parley || true)"
+    [ -n "$child" ] && break
+    sleep 0.1
+  done
+  [ -n "$child" ] || die "the server did not start under perf"
+  parley_pid="$child"
+else
+  parley_pid="$server_pid"
+fi
+ready() { curl -fs -o /dev/null "http://127.0.0.1:$port/readyz"; }
+have curl || apt_install curl
+wait_for "parley on 127.0.0.1:$port" "See $OUT/$scenario.server.log." ready
+log "server pid $parley_pid, open files limit $(awk '/Max open files/ {print $4}' "/proc/$parley_pid/limits")"
+
+# RSS every second, for the record.
+(
+  printf 'unix_time,rss_kib\n'
+  while kill -0 "$parley_pid" 2>/dev/null; do
+    printf '%s,%s\n' "$(date +%s)" "$(awk '/^VmRSS:/ {print $2}' "/proc/$parley_pid/status" 2>/dev/null)"
+    sleep 1
+  done
+) >"$OUT/$scenario.rss.csv" 2>/dev/null &
+sampler_pid=$!
+
+# --- 5. the scenario -------------------------------------------------------------
+
+extra=()
+if [ "$scenario" = capacity ] && ! printf '%s\n' "$@" | grep -q -- '^--connections'; then
+  # 100,000 when the open-files limit allows it (the server needs one per connection).
+  max=$((nofile - 1500))
+  [ "$max" -gt 100000 ] && max=100000
+  extra+=(--connections "$max")
+  log "capacity: --connections $max (from the open-files limit $nofile)"
+fi
+log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+"$LOADGEN" "$scenario" --base-url "http://127.0.0.1:$port" --server-pid "$parley_pid" \
+  --out "$OUT/$scenario.json" --markdown "$OUT/$scenario.md" "${extra[@]}" "$@"
+
+if [ "$scenario" = sweep ]; then
+  "$LOADGEN" chart --in "$OUT/sweep.json" --svg "$OUT/sweep.svg"
+fi
+if [ "${PARLEY_BENCH_PERF:-0}" = 1 ]; then
+  kill -INT "$parley_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+  log "top of the server's CPU profile ($OUT/$scenario.perf.data):"
+  perf report -i "$OUT/$scenario.perf.data" --no-children --sort symbol --stdio 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -40 | tee "$OUT/$scenario.perf.txt"
+fi
