@@ -168,7 +168,11 @@ impl ChatService {
         let relay = OutboxRelay::new(pool.clone(), broker.clone(), Some(metrics));
         let relay_task = relay.clone().spawn(background.clone());
         let presence = Arc::new(Presence::register(pool.clone(), config.presence_ttl()).await?);
-        let realtime = Realtime::new(broker.clone(), presence.replica_id());
+        let realtime = Realtime::new(
+            broker.clone(),
+            presence.replica_id(),
+            config.presence_ttl() + config.heartbeat(),
+        );
         realtime
             .follow(Duration::from_secs(5), background.clone())
             .await;
@@ -263,6 +267,15 @@ fn spawn_presence_upkeep(
                     }
                 }
                 Err(err) => tracing::warn!(error = %err, "presence heartbeat failed"),
+            }
+            match ctx.presence.others_alive().await {
+                Ok(true) => ctx.realtime.peer_alive(),
+                Ok(false) => {}
+                Err(err) => {
+                    // Without an answer, keep relaying: better wasted than missed.
+                    tracing::warn!(error = %err, "looking for other replicas failed");
+                    ctx.realtime.peer_alive();
+                }
             }
             match ctx.presence.reap().await {
                 Ok(gone) => {

@@ -175,6 +175,18 @@ impl Presence {
         Ok(users)
     }
 
+    /// Whether another replica is alive (heartbeat within the TTL).
+    pub async fn others_alive(&self) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM replicas \
+             WHERE id <> $1 AND last_seen > now() - make_interval(secs => $2))",
+        )
+        .bind(self.replica_id)
+        .bind(self.ttl_secs())
+        .fetch_one(&self.pool)
+        .await
+    }
+
     /// Removes replicas silent for longer than the TTL (one reaper at a time
     /// across the cluster). Returns the users now offline everywhere.
     pub async fn reap(&self) -> Result<Vec<Uuid>, sqlx::Error> {

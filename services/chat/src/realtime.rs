@@ -6,8 +6,18 @@
 //! keys on a private queue and re-emits what other replicas published to its
 //! own sockets, in publish order. A user's sockets on any replica therefore see
 //! the same events in the same order.
+//!
+//! A replica alone has no one to relay to, and relaying costs as much CPU as the
+//! delivery itself (the broker routes every event back to the publisher). So
+//! events are published only while another replica may be alive: for
+//! `ttl + heartbeat` after start, after each heartbeat that finds another live
+//! replica in `replicas`, and after any message from another replica. A replica
+//! says hello on `realtime.replica` as soon as it follows, so the others start
+//! relaying to it at once rather than at their next heartbeat.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parley_common::events::{self, Broker};
 use serde::{Deserialize, Serialize};
@@ -19,6 +29,7 @@ use uuid::Uuid;
 
 const TO_USER: &str = "realtime.user";
 const TO_ALL: &str = "realtime.all";
+const HELLO: &str = "realtime.replica";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Relayed {
@@ -28,12 +39,52 @@ struct Relayed {
     data: Value,
 }
 
+/// A replica announcing itself to the others.
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    origin: Uuid,
+    hello: bool,
+}
+
+/// Until when events are relayed: another replica may be alive until then.
+#[derive(Debug)]
+struct PeerWindow {
+    start: Instant,
+    /// Milliseconds after `start`.
+    until_ms: AtomicU64,
+    hold: Duration,
+}
+
+impl PeerWindow {
+    fn new(hold: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            until_ms: AtomicU64::new(millis(hold)),
+            hold,
+        }
+    }
+
+    fn extend(&self) {
+        let until = millis(self.start.elapsed() + self.hold);
+        self.until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    fn open(&self) -> bool {
+        millis(self.start.elapsed()) < self.until_ms.load(Ordering::Relaxed)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Emits to users and everyone, on every replica.
 #[derive(Clone)]
 pub struct Realtime {
     io: Arc<OnceLock<SocketIo>>,
     broker: Broker,
     replica: Uuid,
+    peers: Arc<PeerWindow>,
 }
 
 impl std::fmt::Debug for Realtime {
@@ -45,13 +96,21 @@ impl std::fmt::Debug for Realtime {
 }
 
 impl Realtime {
-    /// A fan-out for replica `replica`; attach the Socket.IO server with [`Realtime::attach`].
-    pub fn new(broker: Broker, replica: Uuid) -> Self {
+    /// A fan-out for replica `replica`; attach the Socket.IO server with
+    /// [`Realtime::attach`]. `peer_hold` is how long another replica counts as
+    /// possibly alive after the last sign of it (presence TTL + heartbeat).
+    pub fn new(broker: Broker, replica: Uuid, peer_hold: Duration) -> Self {
         Self {
             io: Arc::new(OnceLock::new()),
             broker,
             replica,
+            peers: Arc::new(PeerWindow::new(peer_hold)),
         }
+    }
+
+    /// Another replica is alive (seen in `replicas`): keep relaying.
+    pub fn peer_alive(&self) {
+        self.peers.extend();
     }
 
     /// Connects the Socket.IO server (once, right after it is built).
@@ -71,6 +130,9 @@ impl Realtime {
     }
 
     async fn publish(&self, routing_key: &str, room: Option<String>, event: &str, data: &Value) {
+        if !self.peers.open() {
+            return;
+        }
         let relayed = Relayed {
             origin: self.replica,
             room,
@@ -98,20 +160,28 @@ impl Realtime {
 
     /// Follows what other replicas publish. Returns once subscribed (or after
     /// `wait` when the broker is down).
-    pub async fn follow(&self, wait: std::time::Duration, shutdown: CancellationToken) {
+    pub async fn follow(&self, wait: Duration, shutdown: CancellationToken) {
         let (queue, mut relayed) = mpsc::unbounded_channel::<Relayed>();
         let me = self.replica;
         let subscribed = Arc::new(Notify::new());
         let ready = subscribed.notified();
+        let peers = self.peers.clone();
         events::subscribe_private(
             self.broker.clone(),
-            vec![TO_USER.to_owned(), TO_ALL.to_owned()],
+            vec![TO_USER.to_owned(), TO_ALL.to_owned(), HELLO.to_owned()],
             move |body| match serde_json::from_slice::<Relayed>(body) {
                 Ok(message) if message.origin != me => {
+                    peers.extend();
                     let _ = queue.send(message);
                 }
                 Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "ignoring a malformed realtime message"),
+                Err(err) => match serde_json::from_slice::<Hello>(body) {
+                    Ok(hello) if hello.origin != me => peers.extend(),
+                    Ok(_) => {}
+                    Err(_) => {
+                        tracing::warn!(error = %err, "ignoring a malformed realtime message")
+                    }
+                },
             },
             subscribed.clone(),
             shutdown,
@@ -125,6 +195,51 @@ impl Realtime {
         });
         if tokio::time::timeout(wait, ready).await.is_err() {
             tracing::warn!("not yet following other replicas; will once the broker is reachable");
+            return;
         }
+        let hello = Hello {
+            origin: me,
+            hello: true,
+        };
+        let payload = serde_json::to_vec(&hello).expect("a hello serializes");
+        if let Err(err) = self.broker.publish_transient(HELLO, &payload).await {
+            tracing::warn!(error = %err, "could not announce this replica to the others");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_window_opens_for_the_hold_and_is_extended() {
+        let window = PeerWindow::new(Duration::from_secs(3600));
+        assert!(window.open(), "open from the start");
+        let closed = PeerWindow::new(Duration::ZERO);
+        assert!(!closed.open());
+        // An extension never shortens the window.
+        window.until_ms.store(u64::MAX, Ordering::Relaxed);
+        window.extend();
+        assert_eq!(window.until_ms.load(Ordering::Relaxed), u64::MAX);
+    }
+
+    #[test]
+    fn hellos_and_relayed_events_are_told_apart() {
+        let hello = serde_json::to_vec(&Hello {
+            origin: Uuid::nil(),
+            hello: true,
+        })
+        .unwrap();
+        assert!(serde_json::from_slice::<Relayed>(&hello).is_err());
+        assert!(serde_json::from_slice::<Hello>(&hello).is_ok());
+        let relayed = serde_json::to_vec(&Relayed {
+            origin: Uuid::nil(),
+            room: None,
+            event: "presence".into(),
+            data: Value::Null,
+        })
+        .unwrap();
+        assert!(serde_json::from_slice::<Relayed>(&relayed).is_ok());
     }
 }

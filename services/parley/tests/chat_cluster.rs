@@ -291,3 +291,61 @@ async fn fifty_senders_times_a_hundred_messages_are_stored_and_delivered_exactly
         .unwrap();
     assert_eq!(stored, 5000);
 }
+
+#[tokio::test]
+async fn a_lone_replica_stops_relaying_and_a_new_replica_is_served_at_once() {
+    let mut cluster = cluster(1).await;
+    let (alice, alice_token) = register_at(&cluster.user.1, "alice").await;
+    let (bob, bob_token) = register_at(&cluster.user.1, "bob").await;
+    let a = connect(&cluster.chat[0].1, &alice_token).await;
+    let mut b = connect(&cluster.chat[0].1, &bob_token).await;
+    let mut tap = EventTap::bind(&cluster.exchange, "realtime.user").await;
+    let send = |to: String, body: &'static str| {
+        let a = &a;
+        let alice = alice.clone();
+        async move {
+            let ack = a
+                .emit_with_ack(
+                    "sendMessage",
+                    json!({"senderId": alice, "receiverId": to, "message": envelope(body)}),
+                    WAIT,
+                )
+                .await
+                .unwrap();
+            assert_eq!(ack["ok"], true, "{ack}");
+            ack["id"].clone()
+        }
+    };
+
+    // Alone, the replica relays only during its start-up window (TTL +
+    // heartbeat, 3 s here); local delivery goes on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut relayed = true;
+    while relayed && Instant::now() < deadline {
+        let id = send(bob.clone(), "QWxvbmU=").await;
+        let received = b.expect_event("receiveMessage", WAIT).await.unwrap();
+        assert_eq!(received["id"], id);
+        relayed = false;
+        while tap.next(Duration::from_millis(1000)).await.is_some() {
+            relayed = true;
+        }
+    }
+    assert!(!relayed, "a lone replica stops relaying");
+    send(bob.clone(), "U3RpbGw=").await;
+    assert!(b.expect_event("receiveMessage", WAIT).await.is_some());
+    assert!(
+        tap.next(Duration::from_secs(2)).await.is_none(),
+        "still alone, still quiet"
+    );
+
+    // A second replica: its users get messages sent through the first.
+    let second = spawn("chat", &cluster._db, &cluster._keys.0, &cluster.exchange);
+    wait_ready(&second.1).await;
+    let (carol, carol_token) = register_at(&cluster.user.1, "carol").await;
+    let mut c = connect(&second.1, &carol_token).await;
+    let id = send(carol.clone(), "Q3Jvc3M=").await;
+    let received = c.expect_event("receiveMessage", WAIT).await.unwrap();
+    assert_eq!(received["id"], id);
+    assert!(tap.next(WAIT).await.is_some(), "relaying again with a peer");
+    cluster.chat.push(second);
+}
