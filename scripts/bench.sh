@@ -271,6 +271,23 @@ log "server pid $parley_pid, open files limit $(awk '/Max open files/ {print $4}
 ) >"$OUT/$scenario.rss.csv" 2>/dev/null &
 sampler_pid=$!
 
+# CPU seconds so far: the whole machine (busy time in /proc/stat), then
+# processes grouped by name. Clock ticks are 1/100 s.
+cpu_snapshot() {
+  awk '/^cpu / {printf "machine %.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / 100}' /proc/stat
+  # Processes come and go meanwhile: cat may fail on some of them.
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
+      line = $0; sub(/^[0-9]+ \(/, "", line); comm = line; sub(/\) .*/, "", comm)
+      rest = line; sub(/^.*\) /, "", rest); split(rest, f, " ")
+      group = "other"
+      if (comm == "parley") group = "parley"
+      else if (comm == "parley-loadgen") group = "loadgen"
+      else if (comm ~ /^postgres/) group = "postgres"
+      else if (comm ~ /^(beam|erl_child|epmd|inet_gethost)/) group = "rabbitmq"
+      t[group] += (f[12] + f[13]) / 100
+    } END { for (g in t) if (g != "other") printf "%s %.2f\n", g, t[g] }'
+}
+
 # --- 5. the scenario -------------------------------------------------------------
 
 extra=()
@@ -282,8 +299,24 @@ if [ "$scenario" = capacity ] && ! printf '%s\n' "$@" | grep -q -- '^--connectio
   log "capacity: --connections $max (from the open-files limit $nofile)"
 fi
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+cpu_before="$(cpu_snapshot)"
+loadgen_start=$SECONDS
 "$LOADGEN" "$scenario" --base-url "http://127.0.0.1:$port" --server-pid "$parley_pid" \
   --out "$OUT/$scenario.json" --markdown "$OUT/$scenario.md" "${extra[@]}" "$@"
+cpu_after="$(cpu_snapshot)"
+# The loadgen has exited: its own CPU time is in its report; the rest here.
+{
+  printf 'CPU seconds used on this machine during the scenario (%s s wall, setup included; 2 CPUs = %s CPU-s available):\n\n' \
+    "$((SECONDS - loadgen_start))" "$(($(nproc) * (SECONDS - loadgen_start)))"
+  printf '| machine (all processes) | parley server | PostgreSQL (all databases) | RabbitMQ | other processes |\n|---:|---:|---:|---:|---:|\n'
+  awk 'NR == FNR {before[$1] = $2; next} {after[$1] = $2}
+    END {
+      m = after["machine"] - before["machine"]
+      p = after["parley"] - before["parley"]; g = after["postgres"] - before["postgres"]
+      r = after["rabbitmq"] - before["rabbitmq"]
+      printf "| %.1f | %.1f | %.1f | %.1f | %.1f (load generator, other users) |\n", m, p, g, r, m - p - g - r
+    }' <(printf '%s\n' "$cpu_before") <(printf '%s\n' "$cpu_after")
+} | tee -a "$OUT/$scenario.md"
 
 if [ "$scenario" = sweep ]; then
   "$LOADGEN" chart --in "$OUT/sweep.json" --svg "$OUT/sweep.svg"
