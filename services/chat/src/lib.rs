@@ -173,9 +173,19 @@ impl ChatService {
             presence.replica_id(),
             config.presence_ttl() + config.heartbeat(),
         );
-        realtime
+        let signs = realtime.peer_signs();
+        if realtime
             .follow(Duration::from_secs(5), background.clone())
-            .await;
+            .await
+        {
+            // Every other replica is in `replicas` already, or registers later
+            // and then says hello to us (we follow): if none is there, we are alone.
+            match presence.others_alive().await {
+                Ok(true) => realtime.peer_alive(),
+                Ok(false) => realtime.alone_since(signs),
+                Err(err) => tracing::warn!(error = %err, "looking for other replicas failed"),
+            }
+        }
         let writer = MessageWriter::start(
             pool.clone(),
             relay,

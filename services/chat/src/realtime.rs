@@ -10,13 +10,14 @@
 //! A replica alone has no one to relay to, and relaying costs as much CPU as the
 //! delivery itself (the broker routes every event back to the publisher). So
 //! events are published only while another replica may be alive: for
-//! `ttl + heartbeat` after start, after each heartbeat that finds another live
-//! replica in `replicas`, and after any message from another replica. A replica
-//! says hello on `realtime.replica` as soon as it follows, so the others start
-//! relaying to it at once rather than at their next heartbeat.
+//! `ttl + heartbeat` after each sign of one (a heartbeat that finds another
+//! live replica in `replicas`, or any message from another replica). A replica
+//! says hello on `realtime.replica` as soon as it follows, then looks for live
+//! replicas in `replicas`: every other replica is either already there or will
+//! say hello to it, so if none is found (and no hello came meanwhile) it stops
+//! relaying at once. Until it follows, it relays.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use parley_common::events::{self, Broker};
@@ -49,33 +50,54 @@ struct Hello {
 /// Until when events are relayed: another replica may be alive until then.
 #[derive(Debug)]
 struct PeerWindow {
-    start: Instant,
-    /// Milliseconds after `start`.
-    until_ms: AtomicU64,
     hold: Duration,
+    state: Mutex<WindowState>,
+}
+
+#[derive(Debug)]
+struct WindowState {
+    until: Instant,
+    /// Signs of other replicas so far.
+    signs: u64,
 }
 
 impl PeerWindow {
     fn new(hold: Duration) -> Self {
         Self {
-            start: Instant::now(),
-            until_ms: AtomicU64::new(millis(hold)),
             hold,
+            state: Mutex::new(WindowState {
+                until: Instant::now() + hold,
+                signs: 0,
+            }),
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A sign of another replica: relay for `hold` from now.
     fn extend(&self) {
-        let until = millis(self.start.elapsed() + self.hold);
-        self.until_ms.fetch_max(until, Ordering::Relaxed);
+        let mut state = self.state();
+        state.until = state.until.max(Instant::now() + self.hold);
+        state.signs += 1;
+    }
+
+    fn signs(&self) -> u64 {
+        self.state().signs
+    }
+
+    /// No other replica, unless one gave a sign after `signs` was read.
+    fn close_unless_signs_since(&self, signs: u64) {
+        let mut state = self.state();
+        if state.signs == signs {
+            state.until = Instant::now();
+        }
     }
 
     fn open(&self) -> bool {
-        millis(self.start.elapsed()) < self.until_ms.load(Ordering::Relaxed)
+        Instant::now() < self.state().until
     }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Emits to users and everyone, on every replica.
@@ -111,6 +133,17 @@ impl Realtime {
     /// Another replica is alive (seen in `replicas`): keep relaying.
     pub fn peer_alive(&self) {
         self.peers.extend();
+    }
+
+    /// A count of the signs of other replicas so far, for [`Realtime::alone_since`].
+    pub fn peer_signs(&self) -> u64 {
+        self.peers.signs()
+    }
+
+    /// No other replica was found alive (after following and saying hello):
+    /// stop relaying, unless another replica gave a sign since `signs`.
+    pub fn alone_since(&self, signs: u64) {
+        self.peers.close_unless_signs_since(signs);
     }
 
     /// Connects the Socket.IO server (once, right after it is built).
@@ -158,9 +191,10 @@ impl Realtime {
         self.publish(TO_ALL, None, event, data).await;
     }
 
-    /// Follows what other replicas publish. Returns once subscribed (or after
-    /// `wait` when the broker is down).
-    pub async fn follow(&self, wait: Duration, shutdown: CancellationToken) {
+    /// Follows what other replicas publish and says hello to them. Returns
+    /// `true` once subscribed and announced, `false` after `wait` when the
+    /// broker is down (following starts later, when it is back).
+    pub async fn follow(&self, wait: Duration, shutdown: CancellationToken) -> bool {
         let (queue, mut relayed) = mpsc::unbounded_channel::<Relayed>();
         let me = self.replica;
         let subscribed = Arc::new(Notify::new());
@@ -195,7 +229,7 @@ impl Realtime {
         });
         if tokio::time::timeout(wait, ready).await.is_err() {
             tracing::warn!("not yet following other replicas; will once the broker is reachable");
-            return;
+            return false;
         }
         let hello = Hello {
             origin: me,
@@ -204,7 +238,9 @@ impl Realtime {
         let payload = serde_json::to_vec(&hello).expect("a hello serializes");
         if let Err(err) = self.broker.publish_transient(HELLO, &payload).await {
             tracing::warn!(error = %err, "could not announce this replica to the others");
+            return false;
         }
+        true
     }
 }
 
@@ -213,15 +249,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_peer_window_opens_for_the_hold_and_is_extended() {
+    fn the_peer_window_closes_only_without_a_sign_since() {
         let window = PeerWindow::new(Duration::from_secs(3600));
         assert!(window.open(), "open from the start");
-        let closed = PeerWindow::new(Duration::ZERO);
-        assert!(!closed.open());
-        // An extension never shortens the window.
-        window.until_ms.store(u64::MAX, Ordering::Relaxed);
+        let before = window.signs();
+        window.close_unless_signs_since(before);
+        assert!(!window.open(), "closed when no one gave a sign");
         window.extend();
-        assert_eq!(window.until_ms.load(Ordering::Relaxed), u64::MAX);
+        assert!(window.open(), "a sign opens it again");
+
+        let before = window.signs();
+        window.extend(); // a hello arrives while the table is read
+        window.close_unless_signs_since(before);
+        assert!(window.open(), "a sign since the reading keeps it open");
+        assert!(!PeerWindow::new(Duration::ZERO).open());
     }
 
     #[test]
