@@ -32,8 +32,9 @@ pub struct ChatConfig {
     #[arg(long, env = "PARLEY_PRESENCE_TTL_SECS", default_value_t = 15)]
     pub presence_ttl_secs: u64,
 
-    /// Concurrent group-commit writers of new messages.
-    #[arg(long, env = "PARLEY_CHAT_WRITERS", default_value_t = 4)]
+    /// Concurrent group-commit writers of new messages. One writer batches
+    /// best: while it commits, the next batch gathers (docs/performance.md).
+    #[arg(long, env = "PARLEY_CHAT_WRITERS", default_value_t = 1)]
     pub chat_writers: usize,
 
     /// Most messages one writer commits in one transaction.
