@@ -195,6 +195,9 @@ enum Job {
 #[derive(Clone)]
 struct Inbox(mpsc::Sender<Job>);
 
+/// Every socket has this task, mostly idle: the work of a job is boxed, so the
+/// task itself stays small (the futures of the handlers take kilobytes, which
+/// an idle socket would otherwise hold for its whole life).
 async fn drain_inbox(ctx: SocketContext, user: SocketUser, mut jobs: mpsc::Receiver<Job>) {
     while let Some(job) = jobs.recv().await {
         match job {
@@ -202,10 +205,10 @@ async fn drain_inbox(ctx: SocketContext, user: SocketUser, mut jobs: mpsc::Recei
                 socket,
                 payload,
                 ack,
-            } => send_message(&ctx, &user, socket, payload, ack).await,
-            Job::Typing(payload) => typing(&ctx, &user, payload).await,
-            Job::Delivered(payload) => message_delivered(&ctx, &user, payload).await,
-            Job::MarkRead(payload) => mark_read(&ctx, &user, payload).await,
+            } => Box::pin(send_message(&ctx, &user, socket, payload, ack)).await,
+            Job::Typing(payload) => Box::pin(typing(&ctx, &user, payload)).await,
+            Job::Delivered(payload) => Box::pin(message_delivered(&ctx, &user, payload)).await,
+            Job::MarkRead(payload) => Box::pin(mark_read(&ctx, &user, payload)).await,
         }
     }
 }
