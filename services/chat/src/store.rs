@@ -60,8 +60,10 @@ pub async fn history(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<Message>, i64), sqlx::Error> {
-    let mut page: Vec<Message> = sqlx::query_as(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages \
+    // One query for the page and the total (the sort needs every matching row
+    // anyway); only a page past the end needs a second one for the total.
+    let rows: Vec<PageRow> = sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS}, count(*) OVER () AS total FROM messages \
          WHERE (sender_id = $1 AND receiver_id = $2) OR (sender_id = $2 AND receiver_id = $1) \
          ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
     ))
@@ -71,7 +73,12 @@ pub async fn history(
     .bind(offset)
     .fetch_all(pool)
     .await?;
-    page.reverse();
+    if let Some(first) = rows.first() {
+        let total = first.total;
+        let mut page: Vec<Message> = rows.into_iter().map(|row| row.message).collect();
+        page.reverse();
+        return Ok((page, total));
+    }
     let total: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM messages \
          WHERE (sender_id = $1 AND receiver_id = $2) OR (sender_id = $2 AND receiver_id = $1)",
@@ -80,7 +87,15 @@ pub async fn history(
     .bind(other)
     .fetch_one(pool)
     .await?;
-    Ok((page, total))
+    Ok((Vec::new(), total))
+}
+
+/// A history row with the number of messages in the whole conversation.
+#[derive(sqlx::FromRow)]
+struct PageRow {
+    #[sqlx(flatten)]
+    message: Message,
+    total: i64,
 }
 
 /// One conversation of the caller, from its latest message.

@@ -216,7 +216,12 @@ async fn history_pages_newest_first_but_returns_each_page_in_order() {
     assert_eq!(last["data"].as_array().unwrap().len(), 1);
     assert_eq!(last["data"][0]["id"], ids[0]);
     assert_eq!(last["pagination"]["hasMore"], false);
-    assert_eq!(page("?offset=50").await["data"], json!([]));
+    let past_the_end = page("?offset=50").await;
+    assert_eq!(past_the_end["data"], json!([]));
+    assert_eq!(
+        past_the_end["pagination"]["total"], 7,
+        "the total past the end"
+    );
     for query in ["?limit=0", "?limit=abc", ""] {
         assert_eq!(page(query).await["pagination"]["limit"], 50, "{query}");
     }
