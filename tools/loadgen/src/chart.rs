@@ -101,7 +101,7 @@ fn render(report: &Report, rows: &[(f64, [f64; 3])]) -> String {
     );
     let _ = writeln!(
         svg,
-        r##"<text x="{}" y="38" fill="#555">{pairs} pairs, monolithic server and load generator on one {}-CPU machine; {} (load avg before {:.2})</text>"##,
+        r##"<text x="{}" y="38" fill="#555">{pairs} pairs; server and load generator on one {}-CPU machine; {}; load average {:.2}</text>"##,
         LEFT,
         report.env.cpus,
         escape(&report.started_at),
@@ -185,9 +185,9 @@ fn render(report: &Report, rows: &[(f64, [f64; 3])]) -> String {
     );
     let _ = writeln!(
         svg,
-        r##"<text x="{:.1}" y="{:.1}" fill="#d62728">target: p99 ≤ 30 ms at ≥ 4,000 msg/s</text>"##,
-        tx + 4.0,
-        ty - 5.0
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#d62728">target: p99 ≤ 30 ms at ≥ 4,000 msg/s</text>"##,
+        LEFT + plot_w - 4.0,
+        ty + 14.0
     );
 
     // Series.
@@ -236,10 +236,10 @@ fn render(report: &Report, rows: &[(f64, [f64; 3])]) -> String {
     svg
 }
 
-/// 1, 2 or 5 × 10^k at or above `value`.
+/// A round number (1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8 × 10^k) at or above `value`.
 fn nice_ceiling(value: f64) -> f64 {
     let magnitude = 10f64.powf(value.log10().floor());
-    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+    for m in [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0] {
         if m * magnitude >= value {
             return m * magnitude;
         }
@@ -273,11 +273,13 @@ mod tests {
 
     #[test]
     fn axes_are_rounded() {
-        assert_eq!(nice_ceiling(4000.0), 5000.0);
-        assert_eq!(nice_ceiling(8000.0), 10000.0);
-        assert_eq!(nice_ceiling(6000.0), 10000.0);
+        assert_eq!(nice_ceiling(4100.0), 5000.0);
+        assert_eq!(nice_ceiling(8100.0), 10000.0);
+        assert_eq!(nice_ceiling(6000.0), 6000.0);
+        assert_eq!(nice_ceiling(12000.0), 12500.0);
         assert_eq!(nice_ceiling(2000.0), 2000.0);
         assert_eq!(nice_step(10000.0), 2000.0);
+        assert_eq!(nice_step(12500.0), 2000.0);
         assert_eq!(nice_step(5000.0), 1000.0);
     }
 
