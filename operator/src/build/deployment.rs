@@ -165,9 +165,18 @@ fn probe(path: &str, period: i32) -> Probe {
     }
 }
 
-/// Builds the Deployment of `component` at `version`. `secrets_hash` changes
-/// whenever the Secrets it reads change, which rolls the pods.
-pub fn build(ctx: &Ctx, component: Component, version: &str, secrets_hash: &str) -> Deployment {
+/// Hashes of what the pods read: a change rolls them.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Every Secret the pods read (generated and referenced).
+    pub secrets_hash: &'a str,
+    /// The ConfigMap's data.
+    pub config_hash: &'a str,
+}
+
+/// Builds the Deployment of `component` at `version`. The pod template carries
+/// the [`Inputs`] hashes, so a changed Secret or setting rolls the pods.
+pub fn build(ctx: &Ctx, component: Component, version: &str, inputs: &Inputs) -> Deployment {
     let settings = settings(ctx, component);
     let overrides = settings.pod_overrides.clone().unwrap_or_default();
     let selector = ctx.selector(component.name());
@@ -175,7 +184,8 @@ pub fn build(ctx: &Ctx, component: Component, version: &str, secrets_hash: &str)
     labels.extend(ctx.labels(component.name()));
     labels.insert("app.kubernetes.io/version".into(), version.into());
     let mut annotations = overrides.annotations.clone();
-    annotations.insert("parley.dev/secrets-hash".into(), secrets_hash.into());
+    annotations.insert("parley.dev/secrets-hash".into(), inputs.secrets_hash.into());
+    annotations.insert("parley.dev/config-hash".into(), inputs.config_hash.into());
     // Token verification needs the JWKS; only the user service signs.
     let signs = matches!(component, Component::Monolith | Component::User);
     let jwt_items = if signs {

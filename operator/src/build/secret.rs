@@ -202,27 +202,65 @@ pub fn build(ctx: &Ctx, entropy: &mut dyn Entropy) -> Result<Secrets, BuildError
         });
         m.seen.insert(runtime(ctx), runtime_env);
     }
-    let mut hasher = Sha256::new();
-    for (name, data) in &m.seen {
-        for (key, value) in data {
-            hasher.update(name.as_bytes());
-            hasher.update([0]);
-            hasher.update(key.as_bytes());
-            hasher.update([0]);
-            hasher.update(value.as_bytes());
-            hasher.update([0]);
+    // Secrets the user references are consumed too: a new external URL or
+    // SMTP password must roll the pods like a generated one.
+    for name in referenced(ctx) {
+        if let Some(existing) = ctx.observed.secrets.get(&name) {
+            m.seen.insert(name, existing.data.clone());
         }
     }
-    let hash: String = hasher
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = digest(m.seen.iter().flat_map(|(name, data)| {
+        data.iter()
+            .map(move |(key, value)| [name.as_str(), key.as_str(), value.as_str()])
+    }));
     Ok(Secrets {
         objects: m.objects,
         hash,
     })
+}
+
+/// The user's Secrets a cluster reads: external database and broker URLs, SMTP
+/// credentials, an existing TLS certificate.
+pub fn referenced(ctx: &Ctx) -> Vec<String> {
+    let spec = &ctx.cluster.spec;
+    let mut names = Vec::new();
+    if let Some(external) = &spec.postgres.external {
+        names.push(external.secret_ref.name.clone());
+    }
+    if let Some(external) = &spec.rabbitmq.external {
+        names.push(external.secret_ref.name.clone());
+    }
+    if let Some(name) = spec
+        .smtp
+        .as_ref()
+        .and_then(|s| s.credentials_secret.clone())
+    {
+        names.push(name);
+    }
+    if let Some(name) = &spec.exposure.tls.secret_name {
+        names.push(name.clone());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A short, stable hash of `(name, key, value)` triples (pod-template
+/// annotations that roll pods when what they read changes).
+pub fn digest<'a>(entries: impl Iterator<Item = [&'a str; 3]>) -> String {
+    let mut hasher = Sha256::new();
+    for parts in entries {
+        for part in parts {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The JWT key ring: a new key when there is none or the rotation is due; the
