@@ -395,4 +395,7 @@ pub struct ChatClusterStatus {
     /// The version whose migrations have been applied and which is serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<String>,
+    /// The last `parley.dev/rotate-credentials` token whose rotation is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_rotation: Option<String>,
 }

@@ -205,6 +205,7 @@ async fn first_reconcile_of_a_new_cluster_adds_the_finalizer_then_creates_secret
     let mut expected: Vec<&str> = vec![
         // dereference
         "GET secrets/chat-database",
+        "GET secrets/chat-database-next",
         "GET secrets/chat-broker",
         "GET secrets/chat-jwt",
         "GET secrets/chat-tls",
@@ -599,4 +600,134 @@ async fn an_object_no_longer_desired_is_removed_but_secrets_never_are() {
     assert!(writes.contains(&"DELETE services/chat-user".to_owned()));
     assert!(!writes.iter().any(|w| w.starts_with("DELETE secrets/")));
     assert!(api.get("secrets", "chat-old-tls").is_some());
+}
+
+fn request_rotation(api: &FakeApi, token: &str) {
+    api.update("chatclusters", "chat", |o| {
+        o["metadata"]["annotations"] = json!({"parley.dev/rotate-credentials": token});
+    });
+}
+
+fn secrets_hash(api: &FakeApi) -> Value {
+    api.get("deployments", "chat-monolith").unwrap()["spec"]["template"]["metadata"]["annotations"]
+        ["parley.dev/secrets-hash"]
+        .clone()
+}
+
+#[tokio::test]
+async fn a_requested_credential_rotation_sets_the_database_first_then_rolls_the_pods() {
+    let cluster = example("minimal");
+    let (api, client) = cluster_api(&cluster);
+    let ctx = context(client, NOW);
+    settle(&api, &ctx).await;
+    let old = api.get("secrets", "chat-database").unwrap();
+    let old_hash = secrets_hash(&api);
+
+    request_rotation(&api, "2026-11-24");
+    reconcile_once(&api, &ctx).await;
+    let writes = api.take_writes();
+    let job_call = writes
+        .iter()
+        .find(|w| w.starts_with("APPLY jobs/chat-rotate-"))
+        .expect("a rotation Job")
+        .clone();
+    let staged_at = writes
+        .iter()
+        .position(|w| w == "APPLY secrets/chat-database-next")
+        .expect("the staging Secret");
+    assert!(staged_at < writes.iter().position(|w| *w == job_call).unwrap());
+    assert!(writes.contains(&"EVENT Normal CredentialRotationStarted".to_owned()));
+    // Nothing the pods read has changed yet.
+    assert_eq!(
+        api.get("secrets", "chat-database").unwrap()["data"],
+        old["data"]
+    );
+    assert_eq!(secrets_hash(&api), old_hash);
+    let job_name = job_call.trim_start_matches("APPLY jobs/");
+    let job = api.get("jobs", job_name).unwrap();
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    let script = container["command"][2].as_str().unwrap();
+    for role in [
+        "parley_user_svc",
+        "parley_chat_svc",
+        "parley_notification_svc",
+        "parley_owner",
+    ] {
+        assert!(
+            script.contains(&format!("ALTER ROLE {role} PASSWORD")),
+            "{script}"
+        );
+    }
+    let env = container["env"].as_array().unwrap();
+    let pgpassword = env.iter().find(|e| e["name"] == "PGPASSWORD").unwrap();
+    assert_eq!(
+        pgpassword["valueFrom"]["secretKeyRef"]["name"],
+        "chat-database"
+    );
+
+    // The Job ran: the Secret takes the new passwords, the pods roll.
+    let staged = api.get("secrets", "chat-database-next").unwrap();
+    job_succeeded(&api, job_name);
+    reconcile_once(&api, &ctx).await;
+    let writes = api.take_writes();
+    assert!(writes.contains(&"EVENT Normal CredentialsRotated".to_owned()));
+    assert!(writes.contains(&"DELETE secrets/chat-database-next".to_owned()));
+    let new = api.get("secrets", "chat-database").unwrap();
+    for key in [
+        "owner-password",
+        "user-password",
+        "chat-password",
+        "notification-password",
+    ] {
+        assert_eq!(secret_value(&new, key), secret_value(&staged, key));
+        assert_ne!(secret_value(&new, key), secret_value(&old, key));
+    }
+    let runtime = api.get("secrets", "chat-runtime").unwrap();
+    assert!(
+        secret_value(&runtime, "PARLEY_USER_DATABASE_URL")
+            .contains(&secret_value(&staged, "user-password"))
+    );
+    assert_ne!(secrets_hash(&api), old_hash);
+    let status = api.get("chatclusters", "chat").unwrap()["status"].clone();
+    assert_eq!(status["credentialsRotation"], "2026-11-24");
+
+    // Done: the next reconcile leaves the passwords alone.
+    reconcile_once(&api, &ctx).await;
+    let writes = api.take_writes();
+    assert!(
+        !writes
+            .iter()
+            .any(|w| w.contains("rotate") || w.contains("database-next"))
+    );
+    assert_eq!(
+        api.get("secrets", "chat-database").unwrap()["data"],
+        new["data"]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_credential_rotation_keeps_the_current_passwords() {
+    let cluster = example("minimal");
+    let (api, client) = cluster_api(&cluster);
+    let ctx = context(client, NOW);
+    settle(&api, &ctx).await;
+    let old = api.get("secrets", "chat-database").unwrap();
+    request_rotation(&api, "r1");
+    reconcile_once(&api, &ctx).await;
+    let job_name = api
+        .take_writes()
+        .into_iter()
+        .find_map(|w| w.strip_prefix("APPLY jobs/").map(str::to_owned))
+        .unwrap();
+    job_failed(&api, &job_name);
+    reconcile_once(&api, &ctx).await;
+    let writes = api.take_writes();
+    assert!(writes.contains(&"EVENT Warning CredentialRotationFailed".to_owned()));
+    assert!(!writes.iter().any(|w| w.starts_with("DELETE")));
+    assert_eq!(
+        api.get("secrets", "chat-database").unwrap()["data"],
+        old["data"]
+    );
+    let status = api.get("chatclusters", "chat").unwrap()["status"].clone();
+    assert!(status["credentialsRotation"].is_null());
 }

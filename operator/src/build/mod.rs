@@ -22,6 +22,7 @@ pub mod networkpolicy;
 pub mod pdb;
 pub mod postgres;
 pub mod rabbitmq;
+pub mod rotation;
 pub mod secret;
 pub mod service;
 
@@ -131,6 +132,8 @@ pub struct Observed {
     /// PostgreSQL and RabbitMQ accept connections: the migration Job of a new
     /// version is created only then (it would fail and use up its retries).
     pub dependencies_ready: bool,
+    /// The Job of a requested credential rotation ([`rotation`]).
+    pub rotation: MigrationState,
 }
 
 /// An existing Secret.
@@ -179,6 +182,9 @@ impl Entropy for OsEntropy {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Desired {
     pub objects: Vec<Value>,
+    /// The token of a credential rotation this state completes (the new
+    /// passwords are in the database Secret; record it in the status).
+    pub completed_rotation: Option<String>,
 }
 
 impl Desired {
@@ -302,6 +308,22 @@ pub fn build(
     let secrets = secret::build(&ctx, entropy)?;
     for object in &secrets.objects {
         desired.push(object);
+    }
+    if let Some(token) = rotation::requested(&ctx) {
+        if rotation::completed(&ctx).is_some() {
+            desired.completed_rotation = Some(token);
+        } else {
+            let staged = rotation::staging(&ctx, &token, entropy);
+            desired.push(&secret::object(
+                &ctx,
+                rotation::next_secret(&ctx),
+                None,
+                &staged,
+            ));
+            if observed.rotation != MigrationState::Missing || observed.dependencies_ready {
+                desired.push(&rotation::job(&ctx, &token));
+            }
+        }
     }
     let config = config::build(&ctx);
     let config_hash = secret::digest(

@@ -22,6 +22,7 @@ fn parley_pods(ctx: &Ctx) -> LabelSelector {
                 "chat".into(),
                 "notification".into(),
                 "migration".into(),
+                "rotation".into(),
             ]),
         }]),
     }

@@ -78,19 +78,30 @@ impl Material<'_, '_> {
             }
         }
         if observed.is_none_or(|existing| existing.managed_by_operator) {
-            self.objects.push(Secret {
-                metadata: self.ctx.meta(name.clone(), "secrets"),
-                type_: type_.map(str::to_owned),
-                data: Some(
-                    data.iter()
-                        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
-                        .collect(),
-                ),
-                ..Secret::default()
-            });
+            self.objects
+                .push(object(self.ctx, name.clone(), type_, &data));
         }
         self.seen.insert(name, data.clone());
         Ok(data)
+    }
+}
+
+/// An operator-made Secret holding `data`.
+pub fn object(
+    ctx: &Ctx,
+    name: String,
+    type_: Option<&str>,
+    data: &BTreeMap<String, String>,
+) -> Secret {
+    Secret {
+        metadata: ctx.meta(name, "secrets"),
+        type_: type_.map(str::to_owned),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
     }
 }
 
@@ -113,8 +124,13 @@ pub fn build(ctx: &Ctx, entropy: &mut dyn Entropy) -> Result<Secrets, BuildError
             )
             .collect();
         let required: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let rotated = super::rotation::completed(ctx);
         let data = m.secret(database(ctx), None, &required, |existing| match existing {
-            Some(data) => data.clone(),
+            // A requested rotation whose Job set these in the database.
+            Some(data) => rotated.map_or_else(
+                || data.clone(),
+                |new| data.clone().into_iter().chain(new).collect(),
+            ),
             None => keys
                 .iter()
                 .map(|k| (k.clone(), entropy.password()))
@@ -190,16 +206,8 @@ pub fn build(ctx: &Ctx, entropy: &mut dyn Entropy) -> Result<Secrets, BuildError
         )?;
     }
     if !runtime_env.is_empty() {
-        m.objects.push(Secret {
-            metadata: ctx.meta(runtime(ctx), "secrets"),
-            data: Some(
-                runtime_env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
-                    .collect(),
-            ),
-            ..Secret::default()
-        });
+        m.objects
+            .push(object(ctx, runtime(ctx), None, &runtime_env));
         m.seen.insert(runtime(ctx), runtime_env);
     }
     // Secrets the user references are consumed too: a new external URL or

@@ -53,6 +53,30 @@ fn identity(object: &Value) -> Result<(&str, &str, &str), Error> {
     }
 }
 
+/// Jobs are immutable: the migration and rotation Jobs are created once.
+fn job_exists(job: &Value, observed: &Observed) -> bool {
+    let state = match job["metadata"]["labels"]["app.kubernetes.io/component"].as_str() {
+        Some("rotation") => observed.rotation,
+        _ => observed.migration,
+    };
+    state != MigrationState::Missing
+}
+
+/// Deletes the Secret `name` if it exists (the staging Secret of a finished
+/// credential rotation).
+pub async fn delete_secret(client: &Client, namespace: &str, name: &str) -> Result<(), Error> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(Error::Delete {
+            kind: "Secret".into(),
+            name: name.into(),
+            source,
+        }),
+    }
+}
+
 /// Applies every desired object in order and returns the Deployments as the
 /// API server answered (their new generation tells whether a rollout is due).
 /// The migration Job is immutable: once it exists it is left as it is.
@@ -66,7 +90,7 @@ pub async fn apply(
     let mut deployments = Vec::new();
     for object in &desired.objects {
         let (api_version, kind, name) = identity(object)?;
-        if kind == "Job" && observed.migration != MigrationState::Missing {
+        if kind == "Job" && job_exists(object, observed) {
             continue;
         }
         let api: Api<DynamicObject> =

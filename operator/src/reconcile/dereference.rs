@@ -11,7 +11,7 @@ use kube::{Client, ResourceExt};
 
 use crate::build::{
     Component, Ctx, MANAGER, MigrationState, Observed, ObservedSecret, ObservedWorkload,
-    deployment, job, postgres, rabbitmq, secret,
+    deployment, job, postgres, rabbitmq, rotation, secret,
 };
 use crate::crd::{ChatCluster, ExternalService};
 
@@ -43,6 +43,7 @@ pub async fn observe(client: &Client, cluster: &ChatCluster, now: i64) -> Result
     let mut names = Vec::new();
     if spec.postgres.managed.is_some() {
         names.push(secret::database(&ctx));
+        names.push(rotation::next_secret(&ctx));
     }
     if spec.rabbitmq.managed.is_some() {
         names.push(secret::broker(&ctx));
@@ -125,6 +126,10 @@ pub async fn observe(client: &Client, cluster: &ChatCluster, now: i64) -> Result
 
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ctx.namespace);
     let migration = migration_state(jobs.get_opt(&job::name(&ctx, &spec.version)).await?);
+    let rotation = match rotation::requested(&ctx) {
+        Some(token) => migration_state(jobs.get_opt(&rotation::job_name(&ctx, &token)).await?),
+        None => MigrationState::Missing,
+    };
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ctx.namespace);
     let mut workloads = BTreeMap::new();
@@ -149,6 +154,7 @@ pub async fn observe(client: &Client, cluster: &ChatCluster, now: i64) -> Result
                 .and_then(|s| s.current_version.clone()),
             now,
             dependencies_ready: database_ready && broker_ready,
+            rotation,
         },
         database_ready,
         broker_ready,

@@ -259,6 +259,17 @@ async fn apply_cluster(cluster: &ChatCluster, ctx: &Context) -> Result<Action, E
     let before = found.observed.clone();
     dereference::refresh_workloads(&mut found, cluster, &deployments);
     let outcome = report::report(ctx, cluster, &found, &before, &desired, now).await?;
+    // The staging Secret of a rotation goes once the status records it done.
+    let staging = {
+        let ctx = build::Ctx::new(cluster, &before)?;
+        let pending =
+            build::rotation::requested(&ctx).is_some() && desired.completed_rotation.is_none();
+        let name = build::rotation::next_secret(&ctx);
+        (!pending && before.secrets.contains_key(&name)).then_some(name)
+    };
+    if let Some(name) = staging {
+        apply::delete_secret(&ctx.client, &namespace, &name).await?;
+    }
     Ok(if outcome.settled {
         Action::requeue(outcome.next_rotation.map_or(SETTLED_REQUEUE, |due| {
             SETTLED_REQUEUE.min(Duration::from_secs(due.max(1) as u64))

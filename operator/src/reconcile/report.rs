@@ -153,6 +153,9 @@ pub async fn report(
     if settled {
         status.current_version = Some(spec.version.clone());
     }
+    if let Some(token) = &desired.completed_rotation {
+        status.credentials_rotation = Some(token.clone());
+    }
     patch_status(&ctx.client, cluster, status.clone()).await?;
 
     // Events: failures every time they are seen (the recorder folds repeats
@@ -191,6 +194,50 @@ pub async fn report(
                 "MigrationStarted",
                 format!("migrating the database to version {}", spec.version),
                 job_ref,
+            )
+            .await;
+        }
+        _ => {}
+    }
+    let rotation_job = desired
+        .objects
+        .iter()
+        .find(|o| o["metadata"]["labels"]["app.kubernetes.io/component"] == "rotation");
+    match (
+        &desired.completed_rotation,
+        found.observed.rotation,
+        rotation_job,
+    ) {
+        (Some(token), _, _) => {
+            ctx.event(
+                cluster,
+                EventType::Normal,
+                "CredentialsRotated",
+                format!(
+                    "rotation {token}: the database has the new passwords; the pods roll onto them"
+                ),
+            )
+            .await;
+        }
+        (None, MigrationState::Failed, _) => {
+            ctx.event(
+                cluster,
+                EventType::Warning,
+                "CredentialRotationFailed",
+                "the rotation Job failed; the current passwords stay in use (see the Job's logs)"
+                    .into(),
+            )
+            .await;
+        }
+        (None, MigrationState::Missing, Some(job)) => {
+            ctx.event(
+                cluster,
+                EventType::Normal,
+                "CredentialRotationStarted",
+                format!(
+                    "setting new database passwords (Job {})",
+                    job["metadata"]["name"].as_str().unwrap_or_default()
+                ),
             )
             .await;
         }
