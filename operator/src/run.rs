@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -118,8 +119,14 @@ pub async fn run(options: Options) -> Result<(), RunError> {
 
     if !options.leader_election {
         metrics.leader.set(1);
-        ready.store(true, Ordering::Relaxed);
-        controller(client, options.namespace.as_deref(), ctx, shutdown_signal()).await;
+        controller(
+            client,
+            options.namespace.as_deref(),
+            ctx,
+            ready,
+            shutdown_signal(),
+        )
+        .await;
         return Ok(());
     }
 
@@ -134,7 +141,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     }
     let manager = builder.build().await?;
     let (mut leader, lease_task) = manager.watch().await;
-    // A standby is healthy: it is ready to take over.
+    // A standby is ready: it can take over.
     ready.store(true, Ordering::Relaxed);
     info!(lease = LEASE_NAME, namespace = %lease_namespace, "waiting for the leader lease");
     loop {
@@ -174,7 +181,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
             }
         }
     };
-    controller(client, options.namespace.as_deref(), ctx, stop).await;
+    controller(client, options.namespace.as_deref(), ctx, ready, stop).await;
     metrics.leader.set(0);
     drop(leader);
     // Releases the lease when the watch channel closes.
@@ -235,11 +242,17 @@ pub fn clusters_reading(
         .collect()
 }
 
-/// Runs the controller until `stop` resolves.
+/// How long running reconciles may take to finish after a stop.
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// Runs the controller until `stop` resolves, then lets running reconciles
+/// finish (at most [`DRAIN`]). `ready` turns true once the ChatCluster cache
+/// has synced.
 async fn controller(
     client: Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
+    ready: Arc<AtomicBool>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let owned =
@@ -249,11 +262,27 @@ async fn controller(
         watcher::Config::default(),
     );
     let store = controller.store();
+    let synced = store.clone();
+    let synced_flag = ready.clone();
+    tokio::spawn(async move {
+        if synced.wait_until_ready().await.is_ok() {
+            synced_flag.store(true, Ordering::Relaxed);
+            info!("ChatCluster cache synced");
+        }
+    });
+    // kube-runtime holds the runner until the cache has synced, so a stop
+    // before that would wait forever: nothing can be running then.
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    let stopped_tx = stopped.clone();
+    let stop = async move {
+        stop.await;
+        stopped_tx.notify_one();
+    };
     info!(
         namespace = namespace.unwrap_or("(all)"),
         "watching ChatClusters and what they own"
     );
-    controller
+    let running = controller
         .owns(api::<Deployment>(&client, namespace), owned.clone())
         .owns(api::<StatefulSet>(&client, namespace), owned.clone())
         .owns(api::<Job>(&client, namespace), owned.clone())
@@ -277,7 +306,19 @@ async fn controller(
                 Ok((cluster, _)) => tracing::debug!(cluster = %cluster, "reconciled"),
                 Err(error) => warn!(%error, "reconcile failed"),
             }
-        })
-        .await;
+        });
+    let drain = async {
+        stopped.notified().await;
+        if ready.load(Ordering::Relaxed) {
+            tokio::time::sleep(DRAIN).await;
+            warn!(drain = ?DRAIN, "running reconciles did not finish in time");
+        } else {
+            info!("stopping before the cache synced: nothing is running");
+        }
+    };
+    tokio::select! {
+        () = running => {}
+        () = drain => {}
+    }
     info!("controller stopped");
 }
