@@ -579,4 +579,17 @@ fn every_example_renders_and_the_output_is_kept_for_schema_validation() {
         );
         std::fs::write(format!("{out}/{name}.yaml"), yaml).unwrap();
     }
+    // Mid-rotation: the staging Secret and the rotation Job are validated too.
+    let mut rotating = example("minimal");
+    rotating.metadata.annotations = Some(
+        [(
+            "parley.dev/rotate-credentials".to_owned(),
+            "2026-11-24".to_owned(),
+        )]
+        .into(),
+    );
+    let yaml = render::render(&rotating).unwrap();
+    assert!(yaml.contains("name: chat-database-next"));
+    assert!(yaml.contains("name: chat-rotate-"));
+    std::fs::write(format!("{out}/minimal-rotating.yaml"), yaml).unwrap();
 }

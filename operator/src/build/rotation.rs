@@ -143,10 +143,10 @@ pub fn job(ctx: &Ctx, token: &str) -> Job {
     script.push_str(&statements);
     script.push_str("SQL\n");
 
-    let mut meta = ctx.meta(job_name(ctx, token), COMPONENT);
-    meta.annotations = Some([(ANNOTATION.to_owned(), token.to_owned())].into());
+    // The token itself stays out of the Job (its name carries a hash of it):
+    // a token such as 2026-11-24 would be a date to YAML 1.1 readers.
     Job {
-        metadata: meta,
+        metadata: ctx.meta(job_name(ctx, token), COMPONENT),
         spec: Some(JobSpec {
             backoff_limit: Some(2),
             active_deadline_seconds: Some(600),
