@@ -1,12 +1,14 @@
 //! The layer stack every public response passes through, outermost first:
 //! panic catcher → request id → trace span → metrics → security headers →
-//! preflight status → CORS → body limit → routes.
+//! preflight status → CORS → oversized-body refusal → body limit → routes.
 //!
 //! These are the gateway duties the original left to nginx and helmet (§1.5,
 //! §2.5–§2.7), so a Kubernetes Ingress can route by prefix with nothing else.
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderName};
@@ -47,6 +49,10 @@ pub struct RequestId(pub Uuid);
 pub fn apply(router: Router, settings: &HttpSettings, metrics: Metrics) -> Router {
     let mut router = router
         .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(middleware::from_fn_with_state(
+            settings.body_limit,
+            refuse_oversized,
+        ))
         .layer(cors(&settings.cors_origins))
         .layer(middleware::from_fn(preflight_no_content));
     for (name, value) in security_headers(settings.hsts) {
@@ -68,6 +74,40 @@ pub fn apply(router: Router, settings: &HttpSettings, metrics: Metrics) -> Route
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("handler panicked").into_response()
         }))
+}
+
+/// Largest declared body that [`refuse_oversized`] reads to its end.
+const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// How long it may take to read it.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refuses a request whose `Content-Length` exceeds `limit` with `413
+/// {"code":413,…}`, before any route (as Express's `json()` did, before auth),
+/// after reading and discarding its body (up to 16 MiB, for 10 s at most).
+///
+/// Answering without reading the body would close the connection with the
+/// body unread: the kernel then resets it, and a proxy still writing the body
+/// (nginx, an ingress controller) loses the answer and replies 502 instead.
+/// Read to the end, the connection stays usable and the 413 gets through.
+/// Bodies without a Content-Length are cut at the limit by `DefaultBodyLimit`.
+async fn refuse_oversized(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    let Some(length) = declared.filter(|length| *length > limit as u64) else {
+        return next.run(request).await;
+    };
+    if length <= DRAIN_MAX_BYTES {
+        let mut body = request.into_body().into_data_stream();
+        let drain = async {
+            use futures::StreamExt;
+            while let Some(Ok(_)) = body.next().await {}
+        };
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    }
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response()
 }
 
 fn security_headers(hsts: bool) -> Vec<(HeaderName, HeaderValue)> {
