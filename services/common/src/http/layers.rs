@@ -1,6 +1,7 @@
 //! The layer stack every public response passes through, outermost first:
 //! panic catcher → request id → trace span → metrics → security headers →
-//! preflight status → CORS → oversized-body refusal → body limit → routes.
+//! preflight status → CORS → body read (413 when too large) → body limit →
+//! routes.
 //!
 //! These are the gateway duties the original left to nginx and helmet (§1.5,
 //! §2.5–§2.7), so a Kubernetes Ingress can route by prefix with nothing else.
@@ -51,7 +52,7 @@ pub fn apply(router: Router, settings: &HttpSettings, metrics: Metrics) -> Route
         .layer(DefaultBodyLimit::max(settings.body_limit))
         .layer(middleware::from_fn_with_state(
             settings.body_limit,
-            refuse_oversized,
+            read_body_first,
         ))
         .layer(cors(&settings.cors_origins))
         .layer(middleware::from_fn(preflight_no_content));
@@ -76,38 +77,84 @@ pub fn apply(router: Router, settings: &HttpSettings, metrics: Metrics) -> Route
         }))
 }
 
-/// Largest declared body that [`refuse_oversized`] reads to its end.
+/// Largest body [`read_body_first`] reads to its end to refuse it.
 const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
-/// How long it may take to read it.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reading a body may take.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Refuses a request whose `Content-Length` exceeds `limit` with `413
-/// {"code":413,…}`, before any route (as Express's `json()` did, before auth),
-/// after reading and discarding its body (up to 16 MiB, for 10 s at most).
+/// Reads every request body to its end before the route runs, at most `limit`
+/// bytes of it kept; a larger one is refused with `413 {"code":413,…}` before
+/// any route (as Express's `json()` did, before auth), after being read and
+/// discarded (up to 16 MiB).
 ///
-/// Answering without reading the body would close the connection with the
-/// body unread: the kernel then resets it, and a proxy still writing the body
-/// (nginx, an ingress controller) loses the answer and replies 502 instead.
-/// Read to the end, the connection stays usable and the 413 gets through.
-/// Bodies without a Content-Length are cut at the limit by `DefaultBodyLimit`.
-async fn refuse_oversized(State(limit): State<usize>, request: Request, next: Next) -> Response {
-    let declared = request
-        .headers()
+/// A response sent while the request body is unread closes the connection with
+/// the body unread: the kernel resets it, and a proxy still writing the body
+/// (nginx, an ingress controller) loses the answer and replies 502 instead. That
+/// happened for oversized bodies, and for bodies a route ignores (logout,
+/// mark-read). Read to the end, the connection stays usable.
+///
+/// Engine.IO requests (query `EIO=`) are left alone: the Socket.IO server reads
+/// its polling bodies itself, with its own limit.
+async fn read_body_first(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok());
-    let Some(length) = declared.filter(|length| *length > limit as u64) else {
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let engine_io = request
+        .uri()
+        .query()
+        .is_some_and(|query| query.split('&').any(|pair| pair.starts_with("EIO=")));
+    if engine_io || (!chunked && declared.unwrap_or(0) == 0) {
         return next.run(request).await;
-    };
-    if length <= DRAIN_MAX_BYTES {
-        let mut body = request.into_body().into_data_stream();
-        let drain = async {
-            use futures::StreamExt;
-            while let Some(Ok(_)) = body.next().await {}
-        };
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
     }
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response()
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response();
+    let (parts, body) = request.into_parts();
+    let mut stream = body.into_data_stream();
+    if declared.is_some_and(|length| length > limit as u64) {
+        if declared.is_some_and(|length| length <= DRAIN_MAX_BYTES) {
+            let drain = async {
+                use futures::StreamExt;
+                while let Some(Ok(_)) = stream.next().await {}
+            };
+            let _ = tokio::time::timeout(BODY_READ_TIMEOUT, drain).await;
+        }
+        return too_large();
+    }
+    let read = async {
+        use futures::StreamExt;
+        let mut kept = bytes::BytesMut::new();
+        let mut seen: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| false)?;
+            seen += chunk.len() as u64;
+            if seen <= limit as u64 {
+                kept.extend_from_slice(&chunk);
+            } else if seen > DRAIN_MAX_BYTES {
+                return Err(true);
+            }
+        }
+        if seen > limit as u64 {
+            Err(true)
+        } else {
+            Ok(kept.freeze())
+        }
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(true)) => too_large(),
+        Ok(Err(false)) => ApiError::bad_request("Could not read the request body").into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request body not received in time",
+        )
+        .into_response(),
+    }
 }
 
 fn security_headers(hsts: bool) -> Vec<(HeaderName, HeaderValue)> {
