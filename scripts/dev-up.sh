@@ -42,7 +42,6 @@ case "$PROFILE" in
 esac
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "PARLEY_PORT must be a port number, not '$PORT'"
 
-svc_role() { printf 'parley_%s_svc\n' "$1"; }
 
 # --- local secrets file (.parley/local.env) ------------------------------
 
@@ -66,36 +65,6 @@ role_password() {
   printf '%s\n' "$pw"
 }
 
-# --- PostgreSQL objects ----------------------------------------------------
-
-# Create login ROLE if missing; (re)set its password so it matches local.env.
-ensure_role() {
-  local role="$1" pw="$2"
-  log "role $role"
-  psql_admin -v role="$role" -v pw="$pw" <<'SQL'
-SELECT format('CREATE ROLE %I LOGIN', :'role')
- WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
-ALTER ROLE :"role" WITH LOGIN NOSUPERUSER PASSWORD :'pw';
-SQL
-}
-
-# Create the database if missing, owned by the owner role.
-ensure_database() {
-  log "database $DB_NAME (owner $OWNER_ROLE)"
-  psql_admin -v db="$DB_NAME" -v owner="$OWNER_ROLE" <<'SQL'
-SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'owner')
- WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
-ALTER DATABASE :"db" OWNER TO :"owner";
-SQL
-}
-
-grant_connect() {
-  log "grant CONNECT on $DB_NAME to $1"
-  psql_admin -v db="$DB_NAME" -v role="$1" <<'SQL'
-GRANT CONNECT ON DATABASE :"db" TO :"role";
-SQL
-}
-
 db_url() { printf 'postgres://%s:%s@127.0.0.1:5432/%s\n' "$1" "$2" "$DB_NAME"; }
 
 # --- 1. dependencies ------------------------------------------------------
@@ -112,15 +81,15 @@ chmod 700 "$STATE_DIR"
 chmod 600 "$ENV_FILE"
 
 owner_pw="$(role_password "$OWNER_ROLE")"
-ensure_role "$OWNER_ROLE" "$owner_pw"
-ensure_database
+pg_ensure_role "$OWNER_ROLE" "$owner_pw"
+pg_ensure_database "$DB_NAME" "$OWNER_ROLE"
 
 declare -A svc_pw=()
 for svc in "${SERVICES[@]}"; do
   role="$(svc_role "$svc")"
   svc_pw[$svc]="$(role_password "$role")"
-  ensure_role "$role" "${svc_pw[$svc]}"
-  grant_connect "$role"
+  pg_ensure_role "$role" "${svc_pw[$svc]}"
+  pg_grant_connect "$DB_NAME" "$role"
 done
 
 if [ "${PARLEY_SETUP_ONLY:-0}" = 1 ]; then
@@ -155,11 +124,7 @@ done
 
 # --- 5. migrations (as the owner) ------------------------------------------
 
-for svc in "${SERVICES[@]}"; do
-  log "migrating $svc (runtime role $(svc_role "$svc"))"
-  DATABASE_URL="$(db_url "$OWNER_ROLE" "$owner_pw")" AMQP_URL="$LOCAL_AMQP_URL" \
-    "$bin" migrate --target "$svc" --runtime-role "$(svc_role "$svc")"
-done
+parley_migrate "$bin" "$(db_url "$OWNER_ROLE" "$owner_pw")" "$LOCAL_AMQP_URL" "${SERVICES[@]}"
 
 # --- 6. serve -----------------------------------------------------------------
 

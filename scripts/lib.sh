@@ -228,6 +228,75 @@ psql_admin() {
   fi
 }
 
+# --- Parley's database objects -----------------------------------------------
+# Used by dev-up.sh (the shared local PostgreSQL) and e2e.sh (a private one,
+# through PARLEY_PG_ADMIN_URL).
+
+# Runtime role of a service: parley_<svc>_svc.
+svc_role() { printf 'parley_%s_svc\n' "$1"; }
+
+# pg_ensure_role ROLE PASSWORD: create login ROLE if missing; (re)set its password.
+pg_ensure_role() {
+  local role="$1" pw="$2"
+  log "role $role"
+  psql_admin -v role="$role" -v pw="$pw" <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN', :'role')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
+ALTER ROLE :"role" WITH LOGIN NOSUPERUSER PASSWORD :'pw';
+SQL
+}
+
+# pg_ensure_database DB OWNER: create DB if missing, owned by OWNER.
+pg_ensure_database() {
+  log "database $1 (owner $2)"
+  psql_admin -v db="$1" -v owner="$2" <<'SQL'
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'owner')
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
+ALTER DATABASE :"db" OWNER TO :"owner";
+SQL
+}
+
+# pg_grant_connect DB ROLE
+pg_grant_connect() {
+  log "grant CONNECT on $1 to $2"
+  psql_admin -v db="$1" -v role="$2" <<'SQL'
+GRANT CONNECT ON DATABASE :"db" TO :"role";
+SQL
+}
+
+# parley_migrate BIN OWNER_URL AMQP_URL SERVICE...: migrate each service's schema
+# as the owner, grant its runtime role, and declare its queues on the broker.
+parley_migrate() {
+  local bin="$1" owner_url="$2" amqp_url="$3" svc
+  shift 3
+  for svc in "$@"; do
+    log "migrating $svc (runtime role $(svc_role "$svc"))"
+    DATABASE_URL="$owner_url" AMQP_URL="$amqp_url" \
+      "$bin" migrate --target "$svc" --runtime-role "$(svc_role "$svc")"
+  done
+}
+
+# A TCP port on 127.0.0.1 that no socket uses now: random, below the kernel's
+# ephemeral range (so no outgoing connection takes it before it is bound).
+free_port() {
+  local low=32768 port i
+  if [ -r /proc/sys/net/ipv4/ip_local_port_range ]; then
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+  fi
+  [ "$low" -gt 11000 ] || low=11000
+  for i in $(seq 1 200); do
+    port=$((10000 + RANDOM % (low - 10000)))
+    if have ss; then
+      [ -z "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ] || continue
+    fi
+    if ! tcp_open 127.0.0.1 "$port"; then
+      printf '%s\n' "$port"
+      return 0
+    fi
+  done
+  die "no free port found on 127.0.0.1"
+}
+
 # --- RabbitMQ ------------------------------------------------------------
 
 amqp_ready() { tcp_open "$AMQP_HOST" "$AMQP_PORT"; }
