@@ -191,7 +191,15 @@ fn microservices_run_one_deployment_per_service_with_only_its_credentials() {
     let cluster = example("full");
     let desired = build(&cluster, &settled(&cluster));
     for (component, expected_env) in [
-        ("user", vec!["PARLEY_USER_DATABASE_URL", "AMQP_URL"]),
+        (
+            "user",
+            // the last one is the example's extra setting
+            vec![
+                "PARLEY_USER_DATABASE_URL",
+                "AMQP_URL",
+                "PARLEY_AUTH_RATE_LIMIT_MAX",
+            ],
+        ),
         ("chat", vec!["PARLEY_CHAT_DATABASE_URL", "AMQP_URL"]),
         (
             "notification",
@@ -592,4 +600,29 @@ fn every_example_renders_and_the_output_is_kept_for_schema_validation() {
     assert!(yaml.contains("name: chat-database-next"));
     assert!(yaml.contains("name: chat-rotate-"));
     std::fs::write(format!("{out}/minimal-rotating.yaml"), yaml).unwrap();
+}
+
+#[test]
+fn extra_env_reaches_the_container_but_never_replaces_connection_settings() {
+    let mut cluster = example("full");
+    let user = cluster.spec.services.user.as_mut().unwrap();
+    user.env.push(k8s_openapi::api::core::v1::EnvVar {
+        name: "AMQP_URL".into(),
+        value: Some("amqp://attacker@elsewhere".into()),
+        ..Default::default()
+    });
+    let desired = build(&cluster, &settled(&cluster));
+    let env = container(&desired, "chat-user")["env"].clone();
+    let named = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(named("PARLEY_AUTH_RATE_LIMIT_MAX")[0]["value"], "20");
+    let amqp = named("AMQP_URL");
+    assert_eq!(amqp.len(), 1);
+    assert_eq!(amqp[0]["valueFrom"]["secretKeyRef"]["name"], "chat-runtime");
 }

@@ -152,6 +152,14 @@ fn env(ctx: &Ctx, component: Component) -> Vec<EnvVar> {
     env
 }
 
+/// The operator's variables, then the spec's extra ones whose names it does
+/// not set itself (connection URLs and credentials stay the operator's).
+fn with_extra_env(mut env: Vec<EnvVar>, extra: &[EnvVar]) -> Vec<EnvVar> {
+    let own: Vec<String> = env.iter().map(|e| e.name.clone()).collect();
+    env.extend(extra.iter().filter(|e| !own.contains(&e.name)).cloned());
+    env
+}
+
 fn probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -277,7 +285,7 @@ pub fn build(ctx: &Ctx, component: Component, version: &str, inputs: &Inputs) ->
                             }),
                             ..EnvFromSource::default()
                         }]),
-                        env: Some(env(ctx, component)),
+                        env: Some(with_extra_env(env(ctx, component), &settings.env)),
                         liveness_probe: Some(probe("/livez", 10)),
                         readiness_probe: Some(probe("/readyz", 5)),
                         resources: settings.resources.clone(),
