@@ -106,6 +106,7 @@ fn minimal_monolith_builds_everything_in_apply_order() {
             "NetworkPolicy/chat-http",
             "NetworkPolicy/chat-postgres",
             "NetworkPolicy/chat-rabbitmq",
+            "NetworkPolicy/chat-rabbitmq-management",
         ]
     );
     for object in &desired.objects {

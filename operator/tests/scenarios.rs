@@ -220,6 +220,7 @@ async fn first_reconcile_of_a_new_cluster_adds_the_finalizer_then_creates_secret
     expected.extend([
         "APPLY networkpolicies/chat-postgres",
         "APPLY networkpolicies/chat-rabbitmq",
+        "APPLY networkpolicies/chat-rabbitmq-management",
     ]);
     expected.extend(ORPHAN_LISTS);
     expected.push("PATCH chatclusters/chat/status");
@@ -615,12 +616,13 @@ fn secrets_hash(api: &FakeApi) -> Value {
 }
 
 #[tokio::test]
-async fn a_requested_credential_rotation_sets_the_database_first_then_rolls_the_pods() {
+async fn a_requested_credential_rotation_sets_database_and_broker_first_then_rolls_the_pods() {
     let cluster = example("minimal");
     let (api, client) = cluster_api(&cluster);
     let ctx = context(client, NOW);
     settle(&api, &ctx).await;
     let old = api.get("secrets", "chat-database").unwrap();
+    let old_broker = api.get("secrets", "chat-broker").unwrap();
     let old_hash = secrets_hash(&api);
 
     request_rotation(&api, "2026-11-24");
@@ -645,7 +647,17 @@ async fn a_requested_credential_rotation_sets_the_database_first_then_rolls_the_
     assert_eq!(secrets_hash(&api), old_hash);
     let job_name = job_call.trim_start_matches("APPLY jobs/");
     let job = api.get("jobs", job_name).unwrap();
-    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    // The database first (init container), then the broker.
+    let container = &job["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(container["name"], "rotate-database");
+    let broker = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(broker["name"], "rotate-broker");
+    let broker_script = broker["command"][2].as_str().unwrap();
+    assert!(broker_script.contains("http://chat-rabbitmq:15672/api/users/$BROKER_USER"));
+    assert!(
+        !broker_script.contains("password1"),
+        "no secret in the spec"
+    );
     let script = container["command"][2].as_str().unwrap();
     for role in [
         "parley_user_svc",
@@ -682,6 +694,22 @@ async fn a_requested_credential_rotation_sets_the_database_first_then_rolls_the_
         assert_eq!(secret_value(&new, key), secret_value(&staged, key));
         assert_ne!(secret_value(&new, key), secret_value(&old, key));
     }
+    let broker = api.get("secrets", "chat-broker").unwrap();
+    assert_eq!(
+        secret_value(&broker, "password"),
+        secret_value(&staged, "broker-password")
+    );
+    assert_ne!(
+        secret_value(&broker, "password"),
+        secret_value(&old_broker, "password")
+    );
+    assert_eq!(
+        secret_value(&broker, "username"),
+        secret_value(&old_broker, "username")
+    );
+    assert!(new["data"].get("broker-password").is_none());
+    let amqp_url = secret_value(&api.get("secrets", "chat-runtime").unwrap(), "AMQP_URL");
+    assert!(amqp_url.contains(&secret_value(&staged, "broker-password")));
     let runtime = api.get("secrets", "chat-runtime").unwrap();
     assert!(
         secret_value(&runtime, "PARLEY_USER_DATABASE_URL")

@@ -127,10 +127,15 @@ pub fn build(ctx: &Ctx, entropy: &mut dyn Entropy) -> Result<Secrets, BuildError
         let rotated = super::rotation::completed(ctx);
         let data = m.secret(database(ctx), None, &required, |existing| match existing {
             // A requested rotation whose Job set these in the database.
-            Some(data) => rotated.map_or_else(
-                || data.clone(),
-                |new| data.clone().into_iter().chain(new).collect(),
-            ),
+            Some(data) => {
+                let mut data = data.clone();
+                for (key, value) in rotated.iter().flatten() {
+                    if let Some(slot) = data.get_mut(key) {
+                        *slot = value.clone();
+                    }
+                }
+                data
+            }
             None => keys
                 .iter()
                 .map(|k| (k.clone(), entropy.password()))
@@ -156,7 +161,16 @@ pub fn build(ctx: &Ctx, entropy: &mut dyn Entropy) -> Result<Secrets, BuildError
             None,
             &["username", "password"],
             |existing| match existing {
-                Some(data) => data.clone(),
+                Some(data) => {
+                    let mut data = data.clone();
+                    // A requested rotation whose Job set this one in RabbitMQ.
+                    if let Some(new) = super::rotation::completed(ctx)
+                        .and_then(|new| new.get(super::rotation::BROKER_KEY).cloned())
+                    {
+                        data.insert("password".into(), new);
+                    }
+                    data
+                }
                 None => BTreeMap::from([
                     ("username".into(), "parley".into()),
                     ("password".into(), entropy.password()),
