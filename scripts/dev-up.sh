@@ -42,7 +42,6 @@ case "$PROFILE" in
 esac
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "PARLEY_PORT must be a port number, not '$PORT'"
 
-
 # --- local secrets file (.parley/local.env) ------------------------------
 
 # Value of KEY in the env file, or empty.
