@@ -212,17 +212,7 @@ done
 
 # --- 4. server -----------------------------------------------------------------
 
-port="${PARLEY_BENCH_PORT:-}"
-if [ -z "$port" ]; then
-  for _ in $(seq 1 50); do
-    candidate=$((20000 + RANDOM % 30000))
-    if ! tcp_open 127.0.0.1 "$candidate"; then
-      port="$candidate"
-      break
-    fi
-  done
-  [ -n "$port" ] || die "no free port found"
-fi
+port="${PARLEY_BENCH_PORT:-$(free_port)}"
 for svc in "${SERVICES[@]}"; do
   var="PARLEY_$(printf '%s' "$svc" | tr '[:lower:]' '[:upper:]')_DATABASE_URL"
   export "$var=$(pg_url "parley_bench_${svc}_svc" "${svc_pw[$svc]}" "$DB_NAME")"

@@ -42,8 +42,6 @@ case "$PROFILE" in
 esac
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "PARLEY_PORT must be a port number, not '$PORT'"
 
-svc_role() { printf 'parley_%s_svc\n' "$1"; }
-
 # --- local secrets file (.parley/local.env) ------------------------------
 
 # Value of KEY in the env file, or empty.
@@ -59,16 +57,14 @@ role_password() {
   pw="$(env_get "$key")"
   if [ -z "$pw" ]; then
     # 24 random bytes as hex: URL-safe, no quoting issues.
-    pw="$(random_hex)"
+    pw="$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
     printf '%s=%s\n' "$key" "$pw" >>"$ENV_FILE"
     log "generated a password for $1 (stored in $ENV_FILE)"
   fi
   printf '%s\n' "$pw"
 }
 
-# --- PostgreSQL objects ----------------------------------------------------
-
-db_url() { pg_url "$1" "$2" "$DB_NAME"; }
+db_url() { printf 'postgres://%s:%s@127.0.0.1:5432/%s\n' "$1" "$2" "$DB_NAME"; }
 
 # --- 1. dependencies ------------------------------------------------------
 
@@ -127,11 +123,7 @@ done
 
 # --- 5. migrations (as the owner) ------------------------------------------
 
-for svc in "${SERVICES[@]}"; do
-  log "migrating $svc (runtime role $(svc_role "$svc"))"
-  DATABASE_URL="$(db_url "$OWNER_ROLE" "$owner_pw")" AMQP_URL="$LOCAL_AMQP_URL" \
-    "$bin" migrate --target "$svc" --runtime-role "$(svc_role "$svc")"
-done
+parley_migrate "$bin" "$(db_url "$OWNER_ROLE" "$owner_pw")" "$LOCAL_AMQP_URL" "${SERVICES[@]}"
 
 # --- 6. serve -----------------------------------------------------------------
 

@@ -228,15 +228,18 @@ psql_admin() {
   fi
 }
 
-# --- PostgreSQL objects (dev-up.sh, bench.sh) --------------------------------
+# --- Parley's database objects -----------------------------------------------
+# Used by dev-up.sh (the shared local PostgreSQL) and e2e.sh (a private one,
+# through PARLEY_PG_ADMIN_URL).
 
-# 24 random bytes as hex: a URL-safe password with no quoting issues.
-random_hex() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
+# Runtime role of a service: parley_<svc>_svc.
+svc_role() { printf 'parley_%s_svc\n' "$1"; }
 
 # pg_ensure_role ROLE PASSWORD: create login ROLE if missing; (re)set its password.
 pg_ensure_role() {
-  log "role $1"
-  psql_admin -v role="$1" -v pw="$2" <<'SQL'
+  local role="$1" pw="$2"
+  log "role $role"
+  psql_admin -v role="$role" -v pw="$pw" <<'SQL'
 SELECT format('CREATE ROLE %I LOGIN', :'role')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
 ALTER ROLE :"role" WITH LOGIN NOSUPERUSER PASSWORD :'pw';
@@ -261,8 +264,44 @@ GRANT CONNECT ON DATABASE :"db" TO :"role";
 SQL
 }
 
+# 24 random bytes as hex: a URL-safe password with no quoting issues.
+random_hex() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
+
 # pg_url ROLE PASSWORD DB: a TCP URL to the local server.
 pg_url() { printf 'postgres://%s:%s@%s:%s/%s\n' "$1" "$2" "$PG_HOST" "$PG_PORT" "$3"; }
+
+# parley_migrate BIN OWNER_URL AMQP_URL SERVICE...: migrate each service's schema
+# as the owner, grant its runtime role, and declare its queues on the broker.
+parley_migrate() {
+  local bin="$1" owner_url="$2" amqp_url="$3" svc
+  shift 3
+  for svc in "$@"; do
+    log "migrating $svc (runtime role $(svc_role "$svc"))"
+    DATABASE_URL="$owner_url" AMQP_URL="$amqp_url" \
+      "$bin" migrate --target "$svc" --runtime-role "$(svc_role "$svc")"
+  done
+}
+
+# A TCP port on 127.0.0.1 that no socket uses now: random, below the kernel's
+# ephemeral range (so no outgoing connection takes it before it is bound).
+free_port() {
+  local low=32768 port i
+  if [ -r /proc/sys/net/ipv4/ip_local_port_range ]; then
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+  fi
+  [ "$low" -gt 11000 ] || low=11000
+  for i in $(seq 1 200); do
+    port=$((10000 + RANDOM % (low - 10000)))
+    if have ss; then
+      [ -z "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ] || continue
+    fi
+    if ! tcp_open 127.0.0.1 "$port"; then
+      printf '%s\n' "$port"
+      return 0
+    fi
+  done
+  die "no free port found on 127.0.0.1"
+}
 
 # --- RabbitMQ ------------------------------------------------------------
 

@@ -12,6 +12,10 @@ parley_test, then runs in order:
   cargo clippy --workspace --all-targets --locked -- -D warnings
   cargo nextest run --workspace --locked   (then cargo test --doc), or
   cargo test --workspace --locked          when cargo-nextest is absent
+    (both without tests-e2e, which needs a running platform)
+  the Kubernetes manifest validation      (without a filter)
+  scripts/e2e.sh monolithic               (without a filter): the end-to-end
+                                          suite against a whole local platform
 
 Options:
   --no-lint   skip cargo fmt and cargo clippy
@@ -105,14 +109,14 @@ fi
 
 if cargo nextest --version >/dev/null 2>&1; then
   # --no-tests=warn: behave like cargo test when nothing matches.
-  log "cargo nextest run --workspace --locked ${runner_args[*]}"
-  cargo nextest run --workspace --locked --no-tests=warn "${runner_args[@]}"
+  log "cargo nextest run --workspace --exclude tests-e2e --locked ${runner_args[*]}"
+  cargo nextest run --workspace --exclude tests-e2e --locked --no-tests=warn "${runner_args[@]}"
   # nextest does not run doctests.
-  log "cargo test --workspace --doc --locked"
-  cargo test --workspace --doc --locked
+  log "cargo test --workspace --exclude tests-e2e --doc --locked"
+  cargo test --workspace --exclude tests-e2e --doc --locked
 else
-  log "cargo test --workspace --locked ${runner_args[*]}"
-  cargo test --workspace --locked "${runner_args[@]}"
+  log "cargo test --workspace --exclude tests-e2e --locked ${runner_args[*]}"
+  cargo test --workspace --exclude tests-e2e --locked "${runner_args[@]}"
 fi
 
 # --- 5. Kubernetes manifests ---------------------------------------------------
@@ -124,6 +128,17 @@ if [ "${#runner_args[@]}" -eq 0 ]; then
   bash "$PARLEY_ROOT/scripts/validate-k8s.sh"
 else
   log "test filter given: skipping the Kubernetes manifest validation"
+fi
+
+# --- 6. end to end -------------------------------------------------------------
+# The whole platform (monolithic) on private PostgreSQL/RabbitMQ, driven by
+# tests-e2e through its public URL. `scripts/e2e.sh microservices` is the
+# other mode (README).
+if [ "${#runner_args[@]}" -eq 0 ]; then
+  log "end-to-end suite (scripts/e2e.sh monolithic)"
+  bash "$PARLEY_ROOT/scripts/e2e.sh" monolithic
+else
+  log "test filter given: skipping the end-to-end suite"
 fi
 
 log "all checks and tests passed"

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -116,6 +116,12 @@ pub struct ServiceSpec {
     /// Extra settings of the pod template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_overrides: Option<PodOverrides>,
+    /// Extra environment variables of the Parley container: settings from
+    /// docs/configuration.md this resource has no field for (rate limits,
+    /// bcrypt cost, timeouts). A variable the operator sets itself
+    /// (connection URLs, credentials) is not overridden.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
 }
 
 /// Pod-template settings a platform team may need.
@@ -395,4 +401,7 @@ pub struct ChatClusterStatus {
     /// The version whose migrations have been applied and which is serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<String>,
+    /// The last `parley.dev/rotate-credentials` token whose rotation is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_rotation: Option<String>,
 }

@@ -71,6 +71,7 @@ pub fn settled(cluster: &ChatCluster) -> Observed {
         workloads,
         serving_version: Some(cluster.spec.version.clone()),
         now,
+        dependencies_ready: true,
         ..Observed::default()
     }
 }

@@ -22,7 +22,7 @@ pub const TYPES: [&str; 8] = [
 ];
 
 /// What reconcile learned about a cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Health {
     pub paused: bool,
     pub database_ready: bool,
@@ -209,6 +209,21 @@ pub fn conditions(
         (false, Some(reason)) => condition("Ready", false, reason, format!("not ready: {reason}")),
     });
     merge(generation, list, previous, now, false)
+}
+
+/// The conditions of a cluster whose spec fails validation: nothing is
+/// applied, so Ready and Degraded say why and the rest keep what was known.
+pub fn invalid_spec(
+    generation: i64,
+    message: &str,
+    previous: &[Condition],
+    now: Time,
+) -> Vec<Condition> {
+    let list = vec![
+        condition("Ready", false, "InvalidSpec", message.to_owned()),
+        condition("Degraded", true, "InvalidSpec", message.to_owned()),
+    ];
+    merge(generation, list, previous, now, true)
 }
 
 fn merge(

@@ -4,32 +4,15 @@
 use std::collections::BTreeMap;
 
 use parley_operator::build::{
-    self, Component, Desired, Entropy, MigrationState, Observed, ObservedSecret, ObservedWorkload,
+    self, Component, Desired, MigrationState, Observed, ObservedSecret, ObservedWorkload,
 };
 use parley_operator::crd::ChatCluster;
 use parley_operator::render;
 use serde_json::Value;
 
-/// Deterministic secret material.
-#[derive(Default)]
-struct FakeEntropy {
-    n: usize,
-    keys: usize,
-}
-
-impl Entropy for FakeEntropy {
-    fn password(&mut self) -> String {
-        self.n += 1;
-        format!("password{}", self.n)
-    }
-    fn signing_key(&mut self) -> parley_keys::GeneratedKey {
-        self.keys += 1;
-        parley_keys::generate()
-    }
-    fn certificate(&mut self, host: &str) -> (String, String, String) {
-        ("CA".into(), format!("CERT {host}"), "KEY".into())
-    }
-}
+#[path = "support/entropy.rs"]
+mod entropy;
+use entropy::FakeEntropy;
 
 fn example(name: &str) -> ChatCluster {
     let text = std::fs::read_to_string(format!(
@@ -123,6 +106,7 @@ fn minimal_monolith_builds_everything_in_apply_order() {
             "NetworkPolicy/chat-http",
             "NetworkPolicy/chat-postgres",
             "NetworkPolicy/chat-rabbitmq",
+            "NetworkPolicy/chat-rabbitmq-management",
         ]
     );
     for object in &desired.objects {
@@ -208,7 +192,15 @@ fn microservices_run_one_deployment_per_service_with_only_its_credentials() {
     let cluster = example("full");
     let desired = build(&cluster, &settled(&cluster));
     for (component, expected_env) in [
-        ("user", vec!["PARLEY_USER_DATABASE_URL", "AMQP_URL"]),
+        (
+            "user",
+            // the last one is the example's extra setting
+            vec![
+                "PARLEY_USER_DATABASE_URL",
+                "AMQP_URL",
+                "PARLEY_AUTH_RATE_LIMIT_MAX",
+            ],
+        ),
         ("chat", vec!["PARLEY_CHAT_DATABASE_URL", "AMQP_URL"]),
         (
             "notification",
@@ -386,13 +378,65 @@ fn a_version_bump_runs_the_job_first_and_rolls_user_then_chat_then_notification(
 #[test]
 fn a_first_install_creates_no_deployment_before_the_migration() {
     let cluster = example("minimal");
-    let observed = Observed {
+    let mut observed = Observed {
         now: 1_800_000_000,
         ..Observed::default()
     };
+    // The Job waits for PostgreSQL and RabbitMQ (it would fail and use up its retries).
+    let desired = build(&cluster, &observed);
+    assert!(desired.find("StatefulSet", "chat-postgres").is_some());
+    assert!(desired.find("Job", "chat-migrate-0-1-0").is_none());
+    observed.dependencies_ready = true;
     let desired = build(&cluster, &observed);
     assert!(desired.find("Job", "chat-migrate-0-1-0").is_some());
     assert!(!desired.names().iter().any(|n| n.starts_with("Deployment/")));
+}
+
+#[test]
+fn a_changed_setting_or_referenced_secret_rolls_the_pods() {
+    let cluster = example("full");
+    let mut observed = settled(&cluster);
+    observed.secrets = observed_secrets(&build(&cluster, &observed));
+    let template_annotations = |desired: &Desired| {
+        desired.find("Deployment", "chat-user").unwrap()["spec"]["template"]["metadata"]
+            ["annotations"]
+            .clone()
+    };
+    let before = template_annotations(&build(&cluster, &observed));
+
+    let mut changed = cluster.clone();
+    changed.spec.smtp.as_mut().unwrap().port = Some(2525);
+    let after = template_annotations(&build(&changed, &observed));
+    assert_ne!(
+        before["parley.dev/config-hash"],
+        after["parley.dev/config-hash"]
+    );
+    assert_eq!(
+        before["parley.dev/secrets-hash"],
+        after["parley.dev/secrets-hash"]
+    );
+
+    let credentials = cluster
+        .spec
+        .smtp
+        .as_ref()
+        .unwrap()
+        .credentials_secret
+        .clone()
+        .unwrap();
+    let mut with_secret = observed.clone();
+    with_secret.secrets.insert(
+        credentials,
+        ObservedSecret {
+            data: BTreeMap::from([("password".into(), "new".into())]),
+            managed_by_operator: false,
+        },
+    );
+    let after = template_annotations(&build(&cluster, &with_secret));
+    assert_ne!(
+        before["parley.dev/secrets-hash"],
+        after["parley.dev/secrets-hash"]
+    );
 }
 
 #[test]
@@ -544,4 +588,42 @@ fn every_example_renders_and_the_output_is_kept_for_schema_validation() {
         );
         std::fs::write(format!("{out}/{name}.yaml"), yaml).unwrap();
     }
+    // Mid-rotation: the staging Secret and the rotation Job are validated too.
+    let mut rotating = example("minimal");
+    rotating.metadata.annotations = Some(
+        [(
+            "parley.dev/rotate-credentials".to_owned(),
+            "2026-11-24".to_owned(),
+        )]
+        .into(),
+    );
+    let yaml = render::render(&rotating).unwrap();
+    assert!(yaml.contains("name: chat-database-next"));
+    assert!(yaml.contains("name: chat-rotate-"));
+    std::fs::write(format!("{out}/minimal-rotating.yaml"), yaml).unwrap();
+}
+
+#[test]
+fn extra_env_reaches_the_container_but_never_replaces_connection_settings() {
+    let mut cluster = example("full");
+    let user = cluster.spec.services.user.as_mut().unwrap();
+    user.env.push(k8s_openapi::api::core::v1::EnvVar {
+        name: "AMQP_URL".into(),
+        value: Some("amqp://attacker@elsewhere".into()),
+        ..Default::default()
+    });
+    let desired = build(&cluster, &settled(&cluster));
+    let env = container(&desired, "chat-user")["env"].clone();
+    let named = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(named("PARLEY_AUTH_RATE_LIMIT_MAX")[0]["value"], "20");
+    let amqp = named("AMQP_URL");
+    assert_eq!(amqp.len(), 1);
+    assert_eq!(amqp[0]["valueFrom"]["secretKeyRef"]["name"], "chat-runtime");
 }

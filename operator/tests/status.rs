@@ -122,6 +122,7 @@ fn orphans_are_applied_objects_no_longer_desired_but_never_secrets() {
             json!({"kind": "Deployment", "metadata": {"name": "chat-user"}}),
             json!({"kind": "Service", "metadata": {"name": "chat-user"}}),
         ],
+        ..Desired::default()
     };
     let applied = |kind: &str, name: &str| Applied {
         api_version: "v1".into(),

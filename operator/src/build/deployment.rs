@@ -152,6 +152,14 @@ fn env(ctx: &Ctx, component: Component) -> Vec<EnvVar> {
     env
 }
 
+/// The operator's variables, then the spec's extra ones whose names it does
+/// not set itself (connection URLs and credentials stay the operator's).
+fn with_extra_env(mut env: Vec<EnvVar>, extra: &[EnvVar]) -> Vec<EnvVar> {
+    let own: Vec<String> = env.iter().map(|e| e.name.clone()).collect();
+    env.extend(extra.iter().filter(|e| !own.contains(&e.name)).cloned());
+    env
+}
+
 fn probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -165,9 +173,18 @@ fn probe(path: &str, period: i32) -> Probe {
     }
 }
 
-/// Builds the Deployment of `component` at `version`. `secrets_hash` changes
-/// whenever the Secrets it reads change, which rolls the pods.
-pub fn build(ctx: &Ctx, component: Component, version: &str, secrets_hash: &str) -> Deployment {
+/// Hashes of what the pods read: a change rolls them.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Every Secret the pods read (generated and referenced).
+    pub secrets_hash: &'a str,
+    /// The ConfigMap's data.
+    pub config_hash: &'a str,
+}
+
+/// Builds the Deployment of `component` at `version`. The pod template carries
+/// the [`Inputs`] hashes, so a changed Secret or setting rolls the pods.
+pub fn build(ctx: &Ctx, component: Component, version: &str, inputs: &Inputs) -> Deployment {
     let settings = settings(ctx, component);
     let overrides = settings.pod_overrides.clone().unwrap_or_default();
     let selector = ctx.selector(component.name());
@@ -175,7 +192,8 @@ pub fn build(ctx: &Ctx, component: Component, version: &str, secrets_hash: &str)
     labels.extend(ctx.labels(component.name()));
     labels.insert("app.kubernetes.io/version".into(), version.into());
     let mut annotations = overrides.annotations.clone();
-    annotations.insert("parley.dev/secrets-hash".into(), secrets_hash.into());
+    annotations.insert("parley.dev/secrets-hash".into(), inputs.secrets_hash.into());
+    annotations.insert("parley.dev/config-hash".into(), inputs.config_hash.into());
     // Token verification needs the JWKS; only the user service signs.
     let signs = matches!(component, Component::Monolith | Component::User);
     let jwt_items = if signs {
@@ -267,7 +285,7 @@ pub fn build(ctx: &Ctx, component: Component, version: &str, secrets_hash: &str)
                             }),
                             ..EnvFromSource::default()
                         }]),
-                        env: Some(env(ctx, component)),
+                        env: Some(with_extra_env(env(ctx, component), &settings.env)),
                         liveness_probe: Some(probe("/livez", 10)),
                         readiness_probe: Some(probe("/readyz", 5)),
                         resources: settings.resources.clone(),

@@ -22,6 +22,7 @@ pub mod networkpolicy;
 pub mod pdb;
 pub mod postgres;
 pub mod rabbitmq;
+pub mod rotation;
 pub mod secret;
 pub mod service;
 
@@ -128,6 +129,11 @@ pub struct Observed {
     pub serving_version: Option<String>,
     /// Now, as Unix seconds (for key rotation).
     pub now: i64,
+    /// PostgreSQL and RabbitMQ accept connections: the migration Job of a new
+    /// version is created only then (it would fail and use up its retries).
+    pub dependencies_ready: bool,
+    /// The Job of a requested credential rotation ([`rotation`]).
+    pub rotation: MigrationState,
 }
 
 /// An existing Secret.
@@ -176,6 +182,9 @@ impl Entropy for OsEntropy {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Desired {
     pub objects: Vec<Value>,
+    /// The token of a credential rotation this state completes (the new
+    /// passwords are in the database Secret; record it in the status).
+    pub completed_rotation: Option<String>,
 }
 
 impl Desired {
@@ -223,7 +232,17 @@ pub struct Ctx<'a> {
     pub namespace: String,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The context of `cluster` (which must have a namespace).
+    pub fn new(cluster: &'a ChatCluster, observed: &'a Observed) -> Result<Self, BuildError> {
+        Ok(Ctx {
+            cluster,
+            observed,
+            name: cluster.name_any(),
+            namespace: cluster.namespace().ok_or(BuildError::NoNamespace)?,
+        })
+    }
+
     /// `<cluster>-<suffix>`.
     pub fn child(&self, suffix: &str) -> String {
         format!("{}-{}", self.name, suffix)
@@ -281,13 +300,7 @@ pub fn build(
     observed: &Observed,
     entropy: &mut dyn Entropy,
 ) -> Result<Desired, BuildError> {
-    let namespace = cluster.namespace().ok_or(BuildError::NoNamespace)?;
-    let ctx = Ctx {
-        cluster,
-        observed,
-        name: cluster.name_any(),
-        namespace,
-    };
+    let ctx = Ctx::new(cluster, observed)?;
     let mut desired = Desired::default();
     if cluster.spec.reconciliation_paused {
         return Ok(desired);
@@ -296,7 +309,31 @@ pub fn build(
     for object in &secrets.objects {
         desired.push(object);
     }
-    desired.push(&config::build(&ctx));
+    if let Some(token) = rotation::requested(&ctx) {
+        if rotation::completed(&ctx).is_some() {
+            desired.completed_rotation = Some(token);
+        } else {
+            let staged = rotation::staging(&ctx, &token, entropy);
+            desired.push(&secret::object(
+                &ctx,
+                rotation::next_secret(&ctx),
+                None,
+                &staged,
+            ));
+            if observed.rotation != MigrationState::Missing || observed.dependencies_ready {
+                desired.push(&rotation::job(&ctx, &token));
+            }
+        }
+    }
+    let config = config::build(&ctx);
+    let config_hash = secret::digest(
+        config
+            .data
+            .iter()
+            .flatten()
+            .map(|(key, value)| ["config", key.as_str(), value.as_str()]),
+    );
+    desired.push(&config);
     if let Some(managed) = &cluster.spec.postgres.managed {
         for object in postgres::build(&ctx, managed) {
             desired.objects.push(object);
@@ -307,9 +344,17 @@ pub fn build(
             desired.objects.push(object);
         }
     }
-    desired.push(&job::build(&ctx, &secrets.hash));
+    // Once created, the Job of a version stays desired (it is immutable; its
+    // outcome gates the rollout).
+    if observed.migration != MigrationState::Missing || observed.dependencies_ready {
+        desired.push(&job::build(&ctx, &secrets.hash));
+    }
+    let inputs = deployment::Inputs {
+        secrets_hash: &secrets.hash,
+        config_hash: &config_hash,
+    };
     for (component, version) in deployment::rollout(&ctx) {
-        desired.push(&deployment::build(&ctx, component, &version, &secrets.hash));
+        desired.push(&deployment::build(&ctx, component, &version, &inputs));
         desired.push(&service::build(&ctx, component));
         desired.push(&pdb::build(&ctx, component));
     }

@@ -22,6 +22,7 @@ fn parley_pods(ctx: &Ctx) -> LabelSelector {
                 "chat".into(),
                 "notification".into(),
                 "migration".into(),
+                "rotation".into(),
             ]),
         }]),
     }
@@ -83,7 +84,27 @@ pub fn build(ctx: &Ctx) -> Vec<NetworkPolicy> {
             match_labels: Some(ctx.selector("rabbitmq")),
             ..LabelSelector::default()
         };
-        policies.push(policy(ctx, ctx.child("rabbitmq"), pods, 5672, from_parley));
+        policies.push(policy(
+            ctx,
+            ctx.child("rabbitmq"),
+            pods.clone(),
+            5672,
+            from_parley,
+        ));
+        let from_rotation = Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(ctx.selector("rotation")),
+                ..LabelSelector::default()
+            }),
+            ..NetworkPolicyPeer::default()
+        }]);
+        policies.push(policy(
+            ctx,
+            ctx.child("rabbitmq-management"),
+            pods,
+            super::rabbitmq::MANAGEMENT_PORT,
+            from_rotation,
+        ));
     }
     policies
 }

@@ -15,6 +15,9 @@ use crate::crd::ManagedRabbitmq;
 
 const COMPONENT: &str = "rabbitmq";
 
+/// The management plugin's HTTP port.
+pub const MANAGEMENT_PORT: i32 = 15672;
+
 /// The Service (and StatefulSet) name.
 pub fn name(ctx: &Ctx) -> String {
     ctx.child(COMPONENT)
@@ -29,11 +32,19 @@ pub fn build(ctx: &Ctx, spec: &ManagedRabbitmq) -> Vec<Value> {
         metadata: ctx.meta(name.clone(), COMPONENT),
         spec: Some(ServiceSpec {
             selector: Some(selector.clone()),
-            ports: Some(vec![ServicePort {
-                name: Some("amqp".into()),
-                port: 5672,
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("amqp".into()),
+                    port: 5672,
+                    ..ServicePort::default()
+                },
+                // Reached only by the credential-rotation Job (NetworkPolicy).
+                ServicePort {
+                    name: Some("management".into()),
+                    port: MANAGEMENT_PORT,
+                    ..ServicePort::default()
+                },
+            ]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -62,16 +73,25 @@ pub fn build(ctx: &Ctx, spec: &ManagedRabbitmq) -> Vec<Value> {
                     }),
                     containers: vec![Container {
                         name: "rabbitmq".into(),
-                        image: Some(format!("rabbitmq:{}", spec.version)),
+                        // The management plugin's HTTP API changes passwords
+                        // when credentials are rotated on request.
+                        image: Some(format!("rabbitmq:{}-management", spec.version)),
                         env: Some(vec![
                             secret_env("RABBITMQ_DEFAULT_USER", &secret, "username"),
                             secret_env("RABBITMQ_DEFAULT_PASS", &secret, "password"),
                         ]),
-                        ports: Some(vec![ContainerPort {
-                            name: Some("amqp".into()),
-                            container_port: 5672,
-                            ..ContainerPort::default()
-                        }]),
+                        ports: Some(vec![
+                            ContainerPort {
+                                name: Some("amqp".into()),
+                                container_port: 5672,
+                                ..ContainerPort::default()
+                            },
+                            ContainerPort {
+                                name: Some("management".into()),
+                                container_port: MANAGEMENT_PORT,
+                                ..ContainerPort::default()
+                            },
+                        ]),
                         readiness_probe: Some(Probe {
                             exec: Some(ExecAction {
                                 command: Some(vec![

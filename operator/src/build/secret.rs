@@ -78,19 +78,30 @@ impl Material<'_, '_> {
             }
         }
         if observed.is_none_or(|existing| existing.managed_by_operator) {
-            self.objects.push(Secret {
-                metadata: self.ctx.meta(name.clone(), "secrets"),
-                type_: type_.map(str::to_owned),
-                data: Some(
-                    data.iter()
-                        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
-                        .collect(),
-                ),
-                ..Secret::default()
-            });
+            self.objects
+                .push(object(self.ctx, name.clone(), type_, &data));
         }
         self.seen.insert(name, data.clone());
         Ok(data)
+    }
+}
+
+/// An operator-made Secret holding `data`.
+pub fn object(
+    ctx: &Ctx,
+    name: String,
+    type_: Option<&str>,
+    data: &BTreeMap<String, String>,
+) -> Secret {
+    Secret {
+        metadata: ctx.meta(name, "secrets"),
+        type_: type_.map(str::to_owned),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
     }
 }
 
@@ -113,8 +124,18 @@ pub fn build(ctx: &Ctx, entropy: &mut dyn Entropy) -> Result<Secrets, BuildError
             )
             .collect();
         let required: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let rotated = super::rotation::completed(ctx);
         let data = m.secret(database(ctx), None, &required, |existing| match existing {
-            Some(data) => data.clone(),
+            // A requested rotation whose Job set these in the database.
+            Some(data) => {
+                let mut data = data.clone();
+                for (key, value) in rotated.iter().flatten() {
+                    if let Some(slot) = data.get_mut(key) {
+                        *slot = value.clone();
+                    }
+                }
+                data
+            }
             None => keys
                 .iter()
                 .map(|k| (k.clone(), entropy.password()))
@@ -140,7 +161,16 @@ pub fn build(ctx: &Ctx, entropy: &mut dyn Entropy) -> Result<Secrets, BuildError
             None,
             &["username", "password"],
             |existing| match existing {
-                Some(data) => data.clone(),
+                Some(data) => {
+                    let mut data = data.clone();
+                    // A requested rotation whose Job set this one in RabbitMQ.
+                    if let Some(new) = super::rotation::completed(ctx)
+                        .and_then(|new| new.get(super::rotation::BROKER_KEY).cloned())
+                    {
+                        data.insert("password".into(), new);
+                    }
+                    data
+                }
                 None => BTreeMap::from([
                     ("username".into(), "parley".into()),
                     ("password".into(), entropy.password()),
@@ -190,39 +220,69 @@ pub fn build(ctx: &Ctx, entropy: &mut dyn Entropy) -> Result<Secrets, BuildError
         )?;
     }
     if !runtime_env.is_empty() {
-        m.objects.push(Secret {
-            metadata: ctx.meta(runtime(ctx), "secrets"),
-            data: Some(
-                runtime_env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
-                    .collect(),
-            ),
-            ..Secret::default()
-        });
+        m.objects
+            .push(object(ctx, runtime(ctx), None, &runtime_env));
         m.seen.insert(runtime(ctx), runtime_env);
     }
-    let mut hasher = Sha256::new();
-    for (name, data) in &m.seen {
-        for (key, value) in data {
-            hasher.update(name.as_bytes());
-            hasher.update([0]);
-            hasher.update(key.as_bytes());
-            hasher.update([0]);
-            hasher.update(value.as_bytes());
-            hasher.update([0]);
+    // Secrets the user references are consumed too: a new external URL or
+    // SMTP password must roll the pods like a generated one.
+    for name in referenced(ctx) {
+        if let Some(existing) = ctx.observed.secrets.get(&name) {
+            m.seen.insert(name, existing.data.clone());
         }
     }
-    let hash: String = hasher
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = digest(m.seen.iter().flat_map(|(name, data)| {
+        data.iter()
+            .map(move |(key, value)| [name.as_str(), key.as_str(), value.as_str()])
+    }));
     Ok(Secrets {
         objects: m.objects,
         hash,
     })
+}
+
+/// The user's Secrets a cluster reads: external database and broker URLs, SMTP
+/// credentials, an existing TLS certificate.
+pub fn referenced(ctx: &Ctx) -> Vec<String> {
+    let spec = &ctx.cluster.spec;
+    let mut names = Vec::new();
+    if let Some(external) = &spec.postgres.external {
+        names.push(external.secret_ref.name.clone());
+    }
+    if let Some(external) = &spec.rabbitmq.external {
+        names.push(external.secret_ref.name.clone());
+    }
+    if let Some(name) = spec
+        .smtp
+        .as_ref()
+        .and_then(|s| s.credentials_secret.clone())
+    {
+        names.push(name);
+    }
+    if let Some(name) = &spec.exposure.tls.secret_name {
+        names.push(name.clone());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A short, stable hash of `(name, key, value)` triples (pod-template
+/// annotations that roll pods when what they read changes).
+pub fn digest<'a>(entries: impl Iterator<Item = [&'a str; 3]>) -> String {
+    let mut hasher = Sha256::new();
+    for parts in entries {
+        for part in parts {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The JWT key ring: a new key when there is none or the rotation is due; the

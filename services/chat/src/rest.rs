@@ -157,7 +157,7 @@ pub async fn history(
         "status": 200,
         "message": "Conversation fetched successfully",
         "data": data,
-        "pagination": {"total": total, "limit": limit, "offset": offset, "hasMore": offset + limit < total},
+        "pagination": {"total": total, "limit": limit, "offset": offset, "hasMore": offset.saturating_add(limit) < total},
     }))
     .into_response())
 }

@@ -4,10 +4,12 @@
 //! Topology for a queue `Q` on exchange `X`: `Q` is durable, bound to `X` with
 //! the consumer's routing keys, and dead-letters to `X.dlx` (direct) with
 //! routing key `Q`, where the durable `Q.dead` collects what could not be
-//! handled. A handler that fails transiently is retried in-process with
-//! backoff; after `MAX_ATTEMPTS` (or at once for a permanent failure) the
-//! message is rejected into `Q.dead` and counted in
-//! `parley_events_dead_lettered_total{queue}`.
+//! handled. A handler that fails transiently (the database is down) is
+//! retried in-process with capped backoff ([`RETRY`]) until it passes, the
+//! message held unacknowledged, so an outage delays events and loses none; at
+//! shutdown it goes back to the queue. A permanent failure (a malformed event,
+//! a constraint it can never meet) is rejected into `Q.dead` at once and
+//! counted in `parley_events_dead_lettered_total{queue}`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,8 +30,20 @@ use uuid::Uuid;
 use crate::events::{Broker, BrokerError};
 use crate::metrics::Metrics;
 
-/// Attempts of a transiently failing handler before the message is dead-lettered.
-pub const MAX_ATTEMPTS: u32 = 5;
+/// How a transiently failing handler is retried: from `first`, doubling up to
+/// `cap`, for as long as it takes. The message stays unacknowledged meanwhile
+/// (a database outage holds events; it never loses them).
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySchedule {
+    pub first: Duration,
+    pub cap: Duration,
+}
+
+/// The schedule of every durable consumer.
+pub const RETRY: RetrySchedule = RetrySchedule {
+    first: Duration::from_millis(200),
+    cap: Duration::from_secs(5),
+};
 
 /// An event as a consumer receives it.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,9 +67,42 @@ pub enum HandlerError {
 }
 
 impl From<sqlx::Error> for HandlerError {
+    /// Connection trouble, pool exhaustion, serialization failures, lock
+    /// timeouts and an administrator's shutdown are transient (retried until
+    /// they pass); any other database error would fail again the same way.
     fn from(err: sqlx::Error) -> Self {
-        Self::Transient(err.to_string())
+        let transient = match &err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                ["08", "40", "53", "57"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || code == "55P03"
+            }),
+            _ => false,
+        };
+        if transient {
+            Self::Transient(err.to_string())
+        } else {
+            Self::Permanent(err.to_string())
+        }
     }
+}
+
+/// What becomes of a delivery.
+#[derive(Debug)]
+enum Outcome {
+    /// Applied: ack.
+    Done,
+    /// Can never be applied: dead-letter.
+    DeadLetter(HandlerError),
+    /// Still failing transiently at shutdown: back to the queue.
+    Requeue,
 }
 
 /// A durable queue and what it listens to.
@@ -279,18 +326,29 @@ where
             return Ok(());
         };
         let outcome = match serde_json::from_slice::<IncomingEvent>(&delivery.data) {
-            Ok(event) => handle_with_retries(handler, event, &queue.name, shutdown).await,
-            Err(err) => Err(HandlerError::Permanent(format!("malformed event: {err}"))),
+            Ok(event) => handle_with_retries(handler, event, &queue.name, RETRY, shutdown).await,
+            Err(err) => {
+                Outcome::DeadLetter(HandlerError::Permanent(format!("malformed event: {err}")))
+            }
         };
         match outcome {
-            Ok(()) => {
+            Outcome::Requeue => {
+                tracing::info!(queue = %queue.name, "shutting down mid-retry; the event goes back to the queue");
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await?;
+            }
+            Outcome::Done => {
                 counters
                     .consumed
                     .with_label_values(&[queue.name.as_str(), "ok"])
                     .inc();
                 delivery.ack(BasicAckOptions::default()).await?;
             }
-            Err(err) => {
+            Outcome::DeadLetter(err) => {
                 tracing::error!(queue = %queue.name, error = %err, "dead-lettering an event");
                 counters
                     .consumed
@@ -315,27 +373,111 @@ async fn handle_with_retries<F, Fut>(
     handler: &F,
     event: IncomingEvent,
     queue: &str,
+    schedule: RetrySchedule,
     shutdown: &CancellationToken,
-) -> Result<(), HandlerError>
+) -> Outcome
 where
     F: Fn(IncomingEvent) -> Fut,
     Fut: Future<Output = Result<(), HandlerError>>,
 {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=MAX_ATTEMPTS {
+    let mut delay = schedule.first;
+    let mut attempt = 1u64;
+    loop {
         match handler(event.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(HandlerError::Permanent(reason)) => return Err(HandlerError::Permanent(reason)),
-            Err(HandlerError::Transient(reason)) if attempt < MAX_ATTEMPTS => {
-                tracing::warn!(queue, event_id = %event.id, attempt, error = %reason, "retrying an event");
+            Ok(()) => return Outcome::Done,
+            Err(HandlerError::Permanent(reason)) => {
+                return Outcome::DeadLetter(HandlerError::Permanent(reason));
+            }
+            Err(HandlerError::Transient(reason)) => {
+                tracing::warn!(queue, event_id = %event.id, attempt, error = %reason, retry_in = ?delay, "retrying an event");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Err(HandlerError::Transient(reason)),
+                    _ = shutdown.cancelled() => return Outcome::Requeue,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay *= 4;
+                delay = (delay * 2).min(schedule.cap);
+                attempt += 1;
             }
-            Err(err) => return Err(err),
         }
     }
-    unreachable!("the last attempt returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    const FAST: RetrySchedule = RetrySchedule {
+        first: Duration::from_millis(1),
+        cap: Duration::from_millis(4),
+    };
+
+    fn event() -> IncomingEvent {
+        IncomingEvent {
+            id: Uuid::new_v4(),
+            kind: "user.registered".into(),
+            data: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_retried_until_it_passes_however_long_it_lasts() {
+        let calls = AtomicU32::new(0);
+        let handler = |_| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 20 {
+                    Err(HandlerError::Transient("database is down".into()))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let outcome =
+            handle_with_retries(&handler, event(), "q", FAST, &CancellationToken::new()).await;
+        assert!(matches!(outcome, Outcome::Done), "{outcome:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 21);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_dead_lettered_at_once() {
+        let calls = AtomicU32::new(0);
+        let handler = |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(HandlerError::Permanent("no such user".into())) }
+        };
+        let outcome =
+            handle_with_retries(&handler, event(), "q", FAST, &CancellationToken::new()).await;
+        assert!(matches!(outcome, Outcome::DeadLetter(_)), "{outcome:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn shutdown_mid_retry_puts_the_event_back() {
+        let shutdown = CancellationToken::new();
+        let handler = |_| {
+            shutdown.cancel();
+            async { Err(HandlerError::Transient("database is down".into())) }
+        };
+        let outcome = handle_with_retries(&handler, event(), "q", FAST, &shutdown).await;
+        assert!(matches!(outcome, Outcome::Requeue), "{outcome:?}");
+    }
+
+    #[test]
+    fn connection_trouble_is_transient_and_other_database_errors_are_not() {
+        assert!(matches!(
+            HandlerError::from(sqlx::Error::PoolTimedOut),
+            HandlerError::Transient(_)
+        ));
+        assert!(matches!(
+            HandlerError::from(sqlx::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused
+            ))),
+            HandlerError::Transient(_)
+        ));
+        assert!(matches!(
+            HandlerError::from(sqlx::Error::RowNotFound),
+            HandlerError::Permanent(_)
+        ));
+    }
 }

@@ -211,11 +211,17 @@ impl SmtpServer {
     ///
     /// When no loopback port can be bound.
     pub async fn start() -> Self {
-        let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .expect("test SMTP server: bind 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("test SMTP server: local address");
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .expect("test SMTP server: bind 127.0.0.1:0")
+    }
+
+    /// Like [`start`](Self::start), on a given address (port 0 for a free
+    /// one), e.g. the fixed address a separately started platform was told to
+    /// send to. Fails when the address cannot be bound.
+    pub async fn start_on(addr: SocketAddr) -> io::Result<Self> {
+        let listener = bind(addr)?;
+        let addr = listener.local_addr()?;
         let (stored, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -228,13 +234,13 @@ impl SmtpServer {
             stored,
         });
         let running = spawn_accept_loop(listener, Arc::clone(&shared));
-        Self {
+        Ok(Self {
             shared,
             control: Arc::new(Control {
                 addr,
                 running: tokio::sync::Mutex::new(Some(running)),
             }),
-        }
+        })
     }
 
     /// The address the server listens on (`127.0.0.1:port`).
@@ -334,7 +340,11 @@ impl SmtpServer {
 /// Binds a listener with `SO_REUSEADDR`, so that the port can be bound again
 /// while closed connections linger in `TIME_WAIT`.
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)

@@ -2,9 +2,11 @@
 //! (feature `test-support`).
 //!
 //! It speaks Engine.IO v4 and Socket.IO v5 (what socket.io 4.x servers speak) over
-//! the WebSocket transport only (no HTTP long-polling, no TLS: `http://` and `ws://`
-//! URLs), on the main namespace `/`, with the default JSON parser. Binary packets
-//! are not supported.
+//! the WebSocket transport only (no HTTP long-polling), on the main namespace `/`,
+//! with the default JSON parser. Binary packets are not supported. `http://` and
+//! `ws://` URLs connect in plain text; `https://` and `wss://` over TLS (rustls with
+//! the ring provider and the web PKI roots, or any certificate with
+//! [`ConnectOptions::insecure_tls`]).
 //!
 //! Each [`SocketIoClient`] owns one background task that owns the WebSocket: it
 //! answers the server's Engine.IO pings, routes acknowledgements to the waiting
@@ -35,6 +37,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -47,10 +50,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// How long [`SocketIoClient::connect`] may take in total (TCP, WebSocket upgrade,
 /// Engine.IO open, Socket.IO connect).
@@ -65,7 +68,7 @@ const SEND_QUEUE: usize = 64;
 /// default of 128 KiB would cost gigabytes in a load generator).
 const READ_BUFFER_SIZE: usize = 4 * 1024;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Pending acknowledgements by ack id; each resolves with the first ack argument.
 type AckMap = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
@@ -87,6 +90,9 @@ pub struct ConnectOptions {
     /// connecting, so a load generator can open more connections than one source
     /// address has ports. Only server addresses of the same family are tried.
     pub local_addr: Option<IpAddr>,
+    /// Over TLS, accept any server certificate (self-signed, wrong name, expired).
+    /// Signatures in the handshake are still checked. For test deployments only.
+    pub insecure_tls: bool,
 }
 
 impl ConnectOptions {
@@ -176,10 +182,19 @@ impl SocketIoClient {
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_SIZE)
             .write_buffer_size(0);
-        let (mut ws, _response) =
-            tokio_tungstenite::client_async_with_config(request, stream, Some(config))
-                .await
-                .map_err(upgrade_error)?;
+        let connector = if request.uri().scheme_str() == Some("wss") {
+            Connector::Rustls(tls_config(options.insecure_tls))
+        } else {
+            Connector::Plain
+        };
+        let (mut ws, _response) = tokio_tungstenite::client_async_tls_with_config(
+            request,
+            stream,
+            Some(config),
+            Some(connector),
+        )
+        .await
+        .map_err(upgrade_error)?;
 
         let open = read_open(&mut ws).await?;
         let connect = match &options.auth {
@@ -247,6 +262,12 @@ impl SocketIoClient {
     /// Emits `event` with any number of arguments, e.g. none at all: `42["event"]`.
     pub async fn emit_raw_args(&self, event: &str, args: Vec<Value>) -> Result<(), ClientError> {
         self.send(encode_event(None, event, args)).await
+    }
+
+    /// Sends `text` as one WebSocket text frame, as is: e.g. a malformed packet, to
+    /// see how the server copes. `Ok` means it was handed to the connection task.
+    pub async fn send_raw(&self, text: &str) -> Result<(), ClientError> {
+        self.send(text.to_owned()).await
     }
 
     /// Emits `event` with one argument and asks for an acknowledgement:
@@ -407,21 +428,21 @@ struct OpenPacket {
     max_payload: Option<u64>,
 }
 
-/// `{url}{path}?EIO=4&transport=websocket` with the scheme turned into `ws`, plus
-/// the extra headers.
+/// `{url}{path}?EIO=4&transport=websocket` with the scheme turned into `ws` (or
+/// `wss`), plus the extra headers.
 fn build_request(options: &ConnectOptions) -> Result<http::Request<()>, ConnectError> {
     let base = options.url.trim_end_matches('/');
-    let authority_and_path = if let Some(rest) = base.strip_prefix("http://") {
-        rest
+    let (scheme, authority_and_path) = if let Some(rest) = base.strip_prefix("http://") {
+        ("ws", rest)
     } else if let Some(rest) = base.strip_prefix("ws://") {
-        rest
-    } else if base.starts_with("https://") || base.starts_with("wss://") {
-        return Err(ConnectError::Transport(format!(
-            "TLS is not supported by this test client: {base}"
-        )));
+        ("ws", rest)
+    } else if let Some(rest) = base.strip_prefix("https://") {
+        ("wss", rest)
+    } else if let Some(rest) = base.strip_prefix("wss://") {
+        ("wss", rest)
     } else {
         return Err(ConnectError::Transport(format!(
-            "the URL must start with http:// or ws://: {base}"
+            "the URL must start with http://, https://, ws:// or wss://: {base}"
         )));
     };
     let slash = if options.path.starts_with('/') {
@@ -431,7 +452,7 @@ fn build_request(options: &ConnectOptions) -> Result<http::Request<()>, ConnectE
     };
     let separator = if options.path.contains('?') { '&' } else { '?' };
     let url = format!(
-        "ws://{authority_and_path}{slash}{}{separator}EIO=4&transport=websocket",
+        "{scheme}://{authority_and_path}{slash}{}{separator}EIO=4&transport=websocket",
         options.path
     );
     let mut request = url
@@ -463,7 +484,12 @@ async fn open_tcp(uri: &http::Uri, local_addr: Option<IpAddr>) -> Result<TcpStre
         .host()
         .ok_or_else(|| ConnectError::Transport(format!("no host in {uri}")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
+    let default_port = if uri.scheme_str() == Some("wss") {
+        443
+    } else {
+        80
+    };
+    let port = uri.port_u16().unwrap_or(default_port);
     let addrs = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| ConnectError::Transport(format!("cannot resolve {host}: {e}")))?;
@@ -499,6 +525,82 @@ async fn connect_tcp(addr: SocketAddr, local_addr: Option<IpAddr>) -> io::Result
     };
     socket.bind(SocketAddr::new(local, 0))?;
     socket.connect(addr).await
+}
+
+/// The rustls client configuration for `wss://` (ring provider; web PKI roots, or
+/// any certificate when `insecure`), built once per process for each mode.
+fn tls_config(insecure: bool) -> Arc<rustls::ClientConfig> {
+    static VERIFIED: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    static INSECURE: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    let cell = if insecure { &INSECURE } else { &VERIFIED };
+    Arc::clone(cell.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default TLS versions");
+        let config = if insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth()
+        } else {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        Arc::new(config)
+    }))
+}
+
+/// Accepts any server certificate, but still checks the handshake signatures
+/// (so the peer holds the key of the certificate it sent).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 fn upgrade_error(error: tungstenite::Error) -> ConnectError {
@@ -1211,7 +1313,18 @@ mod tests {
             "ws://localhost:1/socket.io?x=1&EIO=4&transport=websocket"
         );
 
-        for url in ["https://h", "wss://h", "ftp://h", "h:1"] {
+        let options = ConnectOptions::new("https://chat.example/", "/chat/socket.io/");
+        assert_eq!(
+            build_request(&options).unwrap().uri().to_string(),
+            "wss://chat.example/chat/socket.io/?EIO=4&transport=websocket"
+        );
+        let options = ConnectOptions::new("wss://chat.example:8443", "/s/");
+        assert_eq!(
+            build_request(&options).unwrap().uri().to_string(),
+            "wss://chat.example:8443/s/?EIO=4&transport=websocket"
+        );
+
+        for url in ["ftp://h", "h:1"] {
             assert!(matches!(
                 build_request(&ConnectOptions::new(url, "/")),
                 Err(ConnectError::Transport(_))

@@ -256,6 +256,32 @@ async fn history_pages_newest_first_but_returns_each_page_in_order() {
 }
 
 #[tokio::test]
+async fn history_with_an_offset_near_or_past_i64_max_is_an_empty_last_page() {
+    // Found by the end-to-end suite: offset + limit overflowed (a 500).
+    let app = TestApp::spawn().await;
+    let hana = register(&app, "hana").await;
+    let ivan = register(&app, "ivan").await;
+    send_rest(&app, &hana, &ivan, "aGk=").await;
+    for query in [
+        "?limit=200&offset=99999999999999999999999",
+        "?limit=200&offset=9223372036854775807",
+        "?offset=9223372036854775800",
+    ] {
+        let response = hana
+            .client
+            .get(app.url(&format!("/chat/get/{}{query}", ivan.id)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["data"], json!([]), "{query}");
+        assert_eq!(body["pagination"]["total"], 1, "{query}");
+        assert_eq!(body["pagination"]["hasMore"], false, "{query}");
+    }
+}
+
+#[tokio::test]
 async fn conversations_carry_partner_names_unread_counts_and_the_latest_envelope() {
     let app = TestApp::spawn().await;
     let hank = register(&app, "hank").await;

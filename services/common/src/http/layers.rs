@@ -1,12 +1,15 @@
 //! The layer stack every public response passes through, outermost first:
 //! panic catcher → request id → trace span → metrics → security headers →
-//! preflight status → CORS → body limit → routes.
+//! preflight status → CORS → body read (413 when too large) → body limit →
+//! routes.
 //!
 //! These are the gateway duties the original left to nginx and helmet (§1.5,
 //! §2.5–§2.7), so a Kubernetes Ingress can route by prefix with nothing else.
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderName};
@@ -47,6 +50,10 @@ pub struct RequestId(pub Uuid);
 pub fn apply(router: Router, settings: &HttpSettings, metrics: Metrics) -> Router {
     let mut router = router
         .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(middleware::from_fn_with_state(
+            settings.body_limit,
+            read_body_first,
+        ))
         .layer(cors(&settings.cors_origins))
         .layer(middleware::from_fn(preflight_no_content));
     for (name, value) in security_headers(settings.hsts) {
@@ -68,6 +75,86 @@ pub fn apply(router: Router, settings: &HttpSettings, metrics: Metrics) -> Route
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("handler panicked").into_response()
         }))
+}
+
+/// Largest body [`read_body_first`] reads to its end to refuse it.
+const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// How long reading a body may take.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads every request body to its end before the route runs, at most `limit`
+/// bytes of it kept; a larger one is refused with `413 {"code":413,…}` before
+/// any route (as Express's `json()` did, before auth), after being read and
+/// discarded (up to 16 MiB).
+///
+/// A response sent while the request body is unread closes the connection with
+/// the body unread: the kernel resets it, and a proxy still writing the body
+/// (nginx, an ingress controller) loses the answer and replies 502 instead. That
+/// happened for oversized bodies, and for bodies a route ignores (logout,
+/// mark-read). Read to the end, the connection stays usable.
+///
+/// Engine.IO requests (query `EIO=`) are left alone: the Socket.IO server reads
+/// its polling bodies itself, with its own limit.
+async fn read_body_first(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let engine_io = request
+        .uri()
+        .query()
+        .is_some_and(|query| query.split('&').any(|pair| pair.starts_with("EIO=")));
+    if engine_io || (!chunked && declared.unwrap_or(0) == 0) {
+        return next.run(request).await;
+    }
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response();
+    let (parts, body) = request.into_parts();
+    let mut stream = body.into_data_stream();
+    if declared.is_some_and(|length| length > limit as u64) {
+        if declared.is_some_and(|length| length <= DRAIN_MAX_BYTES) {
+            let drain = async {
+                use futures::StreamExt;
+                while let Some(Ok(_)) = stream.next().await {}
+            };
+            let _ = tokio::time::timeout(BODY_READ_TIMEOUT, drain).await;
+        }
+        return too_large();
+    }
+    let read = async {
+        use futures::StreamExt;
+        let mut kept = bytes::BytesMut::new();
+        let mut seen: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| false)?;
+            seen += chunk.len() as u64;
+            if seen <= limit as u64 {
+                kept.extend_from_slice(&chunk);
+            } else if seen > DRAIN_MAX_BYTES {
+                return Err(true);
+            }
+        }
+        if seen > limit as u64 {
+            Err(true)
+        } else {
+            Ok(kept.freeze())
+        }
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(true)) => too_large(),
+        Ok(Err(false)) => ApiError::bad_request("Could not read the request body").into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request body not received in time",
+        )
+        .into_response(),
+    }
 }
 
 fn security_headers(hsts: bool) -> Vec<(HeaderName, HeaderValue)> {
