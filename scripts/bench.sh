@@ -214,7 +214,7 @@ done
 
 port="${PARLEY_BENCH_PORT:-$(free_port)}"
 for svc in "${SERVICES[@]}"; do
-  var="PARLEY_$(printf '%s' "$svc" | tr '[:lower:]' '[:upper:]')_DATABASE_URL"
+  var="$(service_url_var "$svc")"
   export "$var=$(pg_url "parley_bench_${svc}_svc" "${svc_pw[$svc]}" "$DB_NAME")"
 done
 export DATABASE_URL="$PARLEY_USER_DATABASE_URL"
@@ -224,11 +224,7 @@ export PARLEY_JWT_SIGNING_KEY_FILE="$keys/jwt-signing.pem"
 export PARLEY_JWT_JWKS_FILE="$keys/jwks.json"
 export PARLEY_BCRYPT_COST="$BCRYPT_COST"
 export PARLEY_LOG=warn
-limit=1000000000
-export PARLEY_USER_RATE_LIMIT_MAX=$limit PARLEY_AUTH_RATE_LIMIT_MAX=$limit \
-  PARLEY_PREKEY_PUBLISH_RATE_LIMIT_MAX=$limit PARLEY_PREKEY_FETCH_RATE_LIMIT_MAX=$limit \
-  PARLEY_CHAT_RATE_LIMIT_MAX=$limit PARLEY_NOTIFICATION_RATE_LIMIT_MAX=$limit \
-  PARLEY_NOTIFICATION_CREATE_RATE_LIMIT_MAX=$limit
+raise_rate_limits 1000000000
 
 # shellcheck disable=SC2206 # word splitting of the extra flags is intended
 server_cmd=("$PARLEY_BIN" serve --target all --listen "127.0.0.1:$port" ${PARLEY_BENCH_SERVER_ARGS:-})

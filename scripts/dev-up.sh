@@ -128,7 +128,7 @@ parley_migrate "$bin" "$(db_url "$OWNER_ROLE" "$owner_pw")" "$LOCAL_AMQP_URL" "$
 # --- 6. serve -----------------------------------------------------------------
 
 for svc in "${SERVICES[@]}"; do
-  var="PARLEY_$(printf '%s' "$svc" | tr '[:lower:]' '[:upper:]')_DATABASE_URL"
+  var="$(service_url_var "$svc")"
   export "$var=$(db_url "$(svc_role "$svc")" "${svc_pw[$svc]}")"
 done
 # DATABASE_URL (the original's name) = the first service's runtime URL.

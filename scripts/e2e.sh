@@ -233,7 +233,7 @@ parley_migrate "$bin" "$(db_url "$OWNER_ROLE" "$owner_pw")" "$AMQP_URL_E2E" "${S
 SMTP_PORT="$(free_port)"
 PUBLIC_PORT="$(free_port)"
 for svc in "${SERVICES[@]}"; do
-  var="PARLEY_$(printf '%s' "$svc" | tr '[:lower:]' '[:upper:]')_DATABASE_URL"
+  var="$(service_url_var "$svc")"
   export "$var=$(db_url "$(svc_role "$svc")" "e2e-$svc")"
 done
 export DATABASE_URL="$PARLEY_USER_DATABASE_URL"
@@ -247,9 +247,7 @@ export PARLEY_EMAIL_RETRY_MAX_SECS=2
 export PARLEY_SHUTDOWN_GRACE_SECS=2
 # The suite registers many users from one address, and cost 12 only slows it.
 export PARLEY_BCRYPT_COST=4
-for limit in USER AUTH PREKEY_PUBLISH PREKEY_FETCH CHAT NOTIFICATION NOTIFICATION_CREATE; do
-  export "PARLEY_${limit}_RATE_LIMIT_MAX=1000000"
-done
+raise_rate_limits 1000000
 export PARLEY_LOG="${PARLEY_LOG:-info}"
 
 # serve NAME TARGET PORT: one parley process in the background.

@@ -235,6 +235,19 @@ psql_admin() {
 # Runtime role of a service: parley_<svc>_svc.
 svc_role() { printf 'parley_%s_svc\n' "$1"; }
 
+# service_url_var SVC: the variable holding SVC's runtime database URL
+# (PARLEY_<SVC>_DATABASE_URL).
+service_url_var() { printf 'PARLEY_%s_DATABASE_URL\n' "$(printf '%s' "$1" | tr '[:lower:]' '[:upper:]')"; }
+
+# raise_rate_limits MAX: every per-client-IP limit (docs/configuration.md) to
+# MAX, for runs whose whole load comes from one address.
+raise_rate_limits() {
+  local limit
+  for limit in USER AUTH PREKEY_PUBLISH PREKEY_FETCH CHAT NOTIFICATION NOTIFICATION_CREATE; do
+    export "PARLEY_${limit}_RATE_LIMIT_MAX=$1"
+  done
+}
+
 # pg_ensure_role ROLE PASSWORD: create login ROLE if missing; (re)set its password.
 pg_ensure_role() {
   local role="$1" pw="$2"
