@@ -130,15 +130,7 @@ fn env(ctx: &Ctx, component: Component) -> Vec<EnvVar> {
         )),
         (None, None) => {}
     }
-    match (&spec.rabbitmq.managed, &spec.rabbitmq.external) {
-        (Some(_), _) => env.push(secret_env("AMQP_URL", &runtime, "AMQP_URL")),
-        (None, Some(external)) => env.push(secret_env(
-            "AMQP_URL",
-            &external.secret_ref.name,
-            &external.secret_ref.key,
-        )),
-        (None, None) => {}
-    }
+    env.extend(secret::amqp_url_env(ctx));
     let sends_email = matches!(component, Component::Monolith | Component::Notification);
     if let Some(credentials) = spec
         .smtp

@@ -122,15 +122,7 @@ fn connection_env(ctx: &Ctx) -> Vec<EnvVar> {
         )),
         (None, None) => {}
     }
-    match (&spec.rabbitmq.managed, &spec.rabbitmq.external) {
-        (Some(_), _) => env.push(secret_env("AMQP_URL", &runtime, "AMQP_URL")),
-        (None, Some(external)) => env.push(secret_env(
-            "AMQP_URL",
-            &external.secret_ref.name,
-            &external.secret_ref.key,
-        )),
-        (None, None) => {}
-    }
+    env.extend(secret::amqp_url_env(ctx));
     env.push(EnvVar {
         name: "PARLEY_LOG_FORMAT".into(),
         value: Some("json".into()),

@@ -241,6 +241,21 @@ pub fn build(ctx: &Ctx, entropy: &mut dyn Entropy) -> Result<Secrets, BuildError
     })
 }
 
+/// `AMQP_URL` for a Parley container: from the runtime Secret with a managed
+/// broker, else from the Secret the spec references.
+pub fn amqp_url_env(ctx: &Ctx) -> Option<k8s_openapi::api::core::v1::EnvVar> {
+    let spec = &ctx.cluster.spec.rabbitmq;
+    match (&spec.managed, &spec.external) {
+        (Some(_), _) => Some(super::secret_env("AMQP_URL", &runtime(ctx), "AMQP_URL")),
+        (None, Some(external)) => Some(super::secret_env(
+            "AMQP_URL",
+            &external.secret_ref.name,
+            &external.secret_ref.key,
+        )),
+        (None, None) => None,
+    }
+}
+
 /// The user's Secrets a cluster reads: external database and broker URLs, SMTP
 /// credentials, an existing TLS certificate.
 pub fn referenced(ctx: &Ctx) -> Vec<String> {

@@ -62,19 +62,27 @@ fn job_exists(job: &Value, observed: &Observed) -> bool {
     state != MigrationState::Missing
 }
 
+/// `None` for a 404: the object (or its kind's API) is not there.
+fn unless_missing<T>(result: Result<T, kube::Error>) -> Result<Option<T>, kube::Error> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// Deletes the Secret `name` if it exists (the staging Secret of a finished
 /// credential rotation).
 pub async fn delete_secret(client: &Client, namespace: &str, name: &str) -> Result<(), Error> {
     let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => Err(Error::Delete {
+    unless_missing(api.delete(name, &DeleteParams::default()).await).map_err(|source| {
+        Error::Delete {
             kind: "Secret".into(),
             name: name.into(),
             source,
-        }),
-    }
+        }
+    })?;
+    Ok(())
 }
 
 /// Applies every desired object in order and returns the Deployments as the
@@ -126,12 +134,11 @@ pub async fn remove_orphans(
     for (api_version, kind) in OWNED_KINDS {
         let resource = api_resource(api_version, kind);
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-        let found = match api.list_metadata(&selector).await {
-            Ok(list) => list.items,
-            Err(kube::Error::Api(status)) if status.code == 404 => continue,
-            Err(error) => return Err(error.into()),
+        let Some(found) = unless_missing(api.list_metadata(&selector).await)? else {
+            continue;
         };
         let applied: Vec<Applied> = found
+            .items
             .iter()
             .map(|object| Applied {
                 api_version: api_version.to_owned(),
@@ -140,16 +147,15 @@ pub async fn remove_orphans(
             })
             .collect();
         for orphan in status::orphans(desired, &applied) {
-            match api.delete(&orphan.name, &DeleteParams::background()).await {
-                Ok(_) => removed.push(format!("{kind}/{}", orphan.name)),
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => {
-                    return Err(Error::Delete {
+            let deleted =
+                unless_missing(api.delete(&orphan.name, &DeleteParams::background()).await)
+                    .map_err(|source| Error::Delete {
                         kind: kind.to_owned(),
-                        name: orphan.name,
+                        name: orphan.name.clone(),
                         source,
-                    });
-                }
+                    })?;
+            if deleted.is_some() {
+                removed.push(format!("{kind}/{}", orphan.name));
             }
         }
     }

@@ -2,13 +2,13 @@
 //! conditions, `currentVersion`) and Events for what changed or failed.
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::build::{Desired, MigrationState, Observed, secret};
+use crate::build::{Ctx, Desired, MigrationState, Observed, secret};
 use crate::crd::{ChatCluster, ChatClusterStatus};
 use crate::status::{self, Health};
 
@@ -51,6 +51,24 @@ async fn patch_status(
     Ok(())
 }
 
+/// Writes only new conditions (`make(generation, previous, now)`) and
+/// `observedGeneration`; the rest of the status stays as last written.
+async fn write_conditions(
+    client: &Client,
+    cluster: &ChatCluster,
+    now: i64,
+    make: impl FnOnce(i64, &[Condition], Time) -> Vec<Condition>,
+) -> Result<(), Error> {
+    let mut status = previous(cluster);
+    status.conditions = make(
+        cluster.metadata.generation.unwrap_or(0),
+        &status.conditions,
+        time(now),
+    );
+    status.observed_generation = cluster.metadata.generation;
+    patch_status(client, cluster, status).await
+}
+
 /// The status of a cluster whose spec fails validation: Ready=False and
 /// Degraded=True with reason `InvalidSpec`, the rest as last known.
 pub async fn invalid(
@@ -59,32 +77,22 @@ pub async fn invalid(
     message: &str,
     now: i64,
 ) -> Result<(), Error> {
-    let mut status = previous(cluster);
-    status.conditions = status::invalid_spec(
-        cluster.metadata.generation.unwrap_or(0),
-        message,
-        &status.conditions,
-        time(now),
-    );
-    status.observed_generation = cluster.metadata.generation;
-    patch_status(client, cluster, status).await
+    write_conditions(client, cluster, now, |generation, previous, now| {
+        status::invalid_spec(generation, message, previous, now)
+    })
+    .await
 }
 
 /// The status of a paused cluster.
 pub async fn paused(client: &Client, cluster: &ChatCluster, now: i64) -> Result<(), Error> {
-    let mut status = previous(cluster);
     let health = Health {
         paused: true,
         ..Health::default()
     };
-    status.conditions = status::conditions(
-        cluster.metadata.generation.unwrap_or(0),
-        &health,
-        &status.conditions,
-        time(now),
-    );
-    status.observed_generation = cluster.metadata.generation;
-    patch_status(client, cluster, status).await
+    write_conditions(client, cluster, now, |generation, previous, now| {
+        status::conditions(generation, &health, previous, now)
+    })
+    .await
 }
 
 fn health(cluster: &ChatCluster, found: &Found, secrets_problem: Option<String>) -> Health {
@@ -116,15 +124,11 @@ pub async fn secret_invalid(
     message: &str,
     now: i64,
 ) -> Result<(), Error> {
-    let mut status = previous(cluster);
-    status.conditions = status::conditions(
-        cluster.metadata.generation.unwrap_or(0),
-        &health(cluster, found, Some(message.to_owned())),
-        &status.conditions,
-        time(now),
-    );
-    status.observed_generation = cluster.metadata.generation;
-    patch_status(client, cluster, status).await
+    let health = health(cluster, found, Some(message.to_owned()));
+    write_conditions(client, cluster, now, |generation, previous, now| {
+        status::conditions(generation, &health, previous, now)
+    })
+    .await
 }
 
 /// Writes the status after an apply and publishes the Events of what changed.
@@ -253,7 +257,7 @@ pub async fn report(
         .await;
         tracing::info!(cluster = %cluster.name_any(), version = %spec.version, "serving");
     }
-    let jwt_name = format!("{}-jwt", cluster.name_any());
+    let jwt_name = secret::jwt(&Ctx::new(cluster, before_apply)?);
     let rotated_before = rotated_at(before_apply, cluster);
     let rotated_now = desired
         .find("Secret", &jwt_name)
