@@ -122,25 +122,35 @@ async fn call(
     send(request).await
 }
 
-#[tokio::test]
-async fn every_endpoint_refuses_missing_forged_expired_and_revoked_tokens() {
-    let victim = register("authz_victim").await;
-    // A token the platform issued, then revoked by logging out.
-    let leaver = register("authz_leaver").await;
+/// A registered user who has logged out: their token is revoked.
+async fn logged_out(prefix: &str) -> User {
+    let user = register(prefix).await;
     let logout = send(
-        leaver
-            .client
+        user.client
             .post(url("/user/logout"))
             .header("content-type", "application/json"),
     )
     .await;
     assert_eq!(logout.status, 200);
+    user
+}
 
+/// Forged and expired variants of `victim`'s token, and `leaver`'s revoked one.
+fn bad_tokens_and_revoked(victim: &User, leaver: &User) -> Vec<tokens::BadToken> {
     let mut bad = bad_tokens(&victim.token);
     bad.push(tokens::BadToken {
         kind: "revoked (logged out)",
         token: leaver.token.clone(),
     });
+    bad
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_missing_forged_expired_and_revoked_tokens() {
+    let victim = register("authz_victim").await;
+    // A token the platform issued, then revoked by logging out.
+    let leaver = logged_out("authz_leaver").await;
+    let bad = bad_tokens_and_revoked(&victim, &leaver);
     let with_platform_key = bad.iter().any(|t| t.kind.contains("platform's own key"));
     if !with_platform_key {
         println!(
@@ -217,15 +227,7 @@ async fn every_endpoint_refuses_missing_forged_expired_and_revoked_tokens() {
 #[tokio::test]
 async fn the_socket_handshake_refuses_missing_forged_expired_and_revoked_tokens() {
     let victim = register("authz_sock").await;
-    let leaver = register("authz_sockout").await;
-    let logout = send(
-        leaver
-            .client
-            .post(url("/user/logout"))
-            .header("content-type", "application/json"),
-    )
-    .await;
-    assert_eq!(logout.status, 200);
+    let leaver = logged_out("authz_sockout").await;
     let refused = |result: Result<_, ConnectError>| match result {
         Err(ConnectError::Refused { message }) => message,
         Ok(_) => "accepted".to_owned(),
@@ -247,11 +249,7 @@ async fn the_socket_handshake_refuses_missing_forged_expired_and_revoked_tokens(
     )
     .await;
 
-    let mut bad = bad_tokens(&victim.token);
-    bad.push(tokens::BadToken {
-        kind: "revoked (logged out)",
-        token: leaver.token.clone(),
-    });
+    let bad = bad_tokens_and_revoked(&victim, &leaver);
     for token in &bad {
         assert_eq!(
             refused(connect_socket(None, Some(&token.token)).await),
