@@ -22,12 +22,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::deployment::container_security;
+use super::deployment::{container_security, pod_security};
 use super::secret::{self, OWNER_ROLE, SERVICE_ROLES};
 use super::{Ctx, Entropy, MigrationState, secret_env};
 
@@ -151,15 +151,11 @@ pub fn job(ctx: &Ctx, token: &str) -> Job {
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
+                    // The `postgres` image's user; otherwise as Parley pods.
                     security_context: Some(PodSecurityContext {
                         run_as_user: Some(999),
                         run_as_group: Some(999),
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
+                        ..pod_security()
                     }),
                     // In order: the database first, then the broker.
                     init_containers: (!steps.is_empty()).then_some(steps),
