@@ -34,6 +34,9 @@
 #   PARLEY_BENCH_PERF=1              record a CPU profile of the server with
 #                                    `perf record -e cpu-clock` into <scenario>.perf.data
 #                                    and print its top functions
+#   PARLEY_BENCH_HEAPTRACK=1         record the server's heap with heaptrack into
+#                                    <scenario>.heaptrack.zst and print where the
+#                                    memory still held at exit was allocated
 #   PARLEY_BENCH_KEEP_DB=1           keep the database after the run
 set -euo pipefail
 
@@ -224,7 +227,8 @@ export PARLEY_JWT_SIGNING_KEY_FILE="$keys/jwt-signing.pem"
 export PARLEY_JWT_JWKS_FILE="$keys/jwks.json"
 export PARLEY_BCRYPT_COST="$BCRYPT_COST"
 export PARLEY_LOG=warn
-raise_rate_limits 1000000000
+RATE_LIMIT=1000000000
+raise_rate_limits "$RATE_LIMIT"
 
 # shellcheck disable=SC2206 # word splitting of the extra flags is intended
 server_cmd=("$PARLEY_BIN" serve --target all --listen "127.0.0.1:$port" ${PARLEY_BENCH_SERVER_ARGS:-})
@@ -232,17 +236,22 @@ if [ "${PARLEY_BENCH_PERF:-0}" = 1 ]; then
   have perf || die "PARLEY_BENCH_PERF=1 needs perf (apt-get install linux-perf)"
   server_cmd=(perf record -q -F 999 -e cpu-clock -o "$OUT/$scenario.perf.data" -- "${server_cmd[@]}")
 fi
-log "server: ${server_cmd[*]} (bcrypt cost $BCRYPT_COST, rate limits $limit, exchange $EXCHANGE)"
+if [ "${PARLEY_BENCH_HEAPTRACK:-0}" = 1 ]; then
+  have heaptrack || apt_install heaptrack
+  rm -f "$OUT/$scenario.heaptrack".*
+  server_cmd=(heaptrack --record-only -o "$OUT/$scenario.heaptrack" "${server_cmd[@]}")
+fi
+log "server: ${server_cmd[*]} (bcrypt cost $BCRYPT_COST, rate limits $RATE_LIMIT, exchange $EXCHANGE)"
 "${server_cmd[@]}" >"$OUT/$scenario.server.log" 2>&1 &
 server_pid=$!
-if [ "${PARLEY_BENCH_PERF:-0}" = 1 ]; then
-  # The server is perf's child.
+if [ "${PARLEY_BENCH_PERF:-0}" = 1 ] || [ "${PARLEY_BENCH_HEAPTRACK:-0}" = 1 ]; then
+  # The server is the profiler's child.
   for _ in $(seq 1 50); do
     child="$(pgrep -P "$server_pid" -x parley || true)"
     [ -n "$child" ] && break
     sleep 0.1
   done
-  [ -n "$child" ] || die "the server did not start under perf"
+  [ -n "$child" ] || die "the server did not start under the profiler"
   parley_pid="$child"
 else
   parley_pid="$server_pid"
@@ -319,4 +328,16 @@ if [ "${PARLEY_BENCH_PERF:-0}" = 1 ]; then
   log "top of the server's CPU profile ($OUT/$scenario.perf.data):"
   perf report -i "$OUT/$scenario.perf.data" --no-children --sort symbol --stdio 2>/dev/null |
     grep -v '^#' | grep -v '^$' | head -40 | tee "$OUT/$scenario.perf.txt"
+fi
+if [ "${PARLEY_BENCH_HEAPTRACK:-0}" = 1 ]; then
+  # heaptrack reports the peak heap: for `capacity`, while every socket was open.
+  kill -TERM "$parley_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+  profile="$(ls "$OUT/$scenario.heaptrack".* 2>/dev/null | head -1)"
+  [ -n "$profile" ] || die "heaptrack wrote no profile"
+  log "the server's peak heap, by allocation site ($profile):"
+  heaptrack_print -f "$profile" --print-peaks 1 --print-allocators 0 --print-temporary 0 \
+    --print-leaks 0 --peak-limit 25 --merge-backtraces 1 --print-histogram 0 2>/dev/null |
+    tee "$OUT/$scenario.heaptrack.txt" | head -200
 fi
