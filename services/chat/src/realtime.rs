@@ -153,9 +153,12 @@ impl Realtime {
 
     async fn emit_local(&self, room: Option<&str>, event: &str, data: &Value) {
         let Some(io) = self.io.get() else { return };
+        // Once the server is closing, its namespace is gone while sockets are
+        // still disconnecting (and announcing it): there is nobody to tell.
+        let Some(namespace) = io.of("/") else { return };
         let result = match room {
-            Some(room) => io.to(room.to_owned()).emit(event, data).await,
-            None => io.emit(event, data).await,
+            Some(room) => namespace.to(room.to_owned()).emit(event, data).await,
+            None => namespace.emit(event, data).await,
         };
         if let Err(err) = result {
             tracing::debug!(error = %err, event, "local emit failed");

@@ -603,3 +603,34 @@ async fn polling_honours_cors_and_engine_io_3_is_refused() {
         .unwrap();
     assert_eq!(v3.status(), 400, "Engine.IO 3 is not allowed");
 }
+
+#[tokio::test]
+async fn stopping_the_server_with_sockets_open_closes_them_without_a_panic() {
+    // Each test is its own process under nextest, so the hook sees only this one.
+    let panics = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = panics.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
+    let app = TestApp::spawn().await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let mut sockets = vec![
+        socket(&app, &alice).await,
+        socket(&app, &bob).await,
+        socket(&app, &bob).await,
+    ];
+
+    app.stop().await;
+
+    for client in &mut sockets {
+        while client.next_event(WAIT).await.is_some() {}
+        assert!(client.is_closed(), "the server closed every socket");
+    }
+    // The disconnect handlers (presence, the offline announcement) have run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = std::panic::take_hook();
+    assert_eq!(panics.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
