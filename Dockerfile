@@ -29,7 +29,7 @@ COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin parley
 COPY . .
 RUN cargo build --release --locked --bin parley \
- && install -D -m 0755 target/release/parley /out/parley
+ && install -s -D -m 0755 target/release/parley /out/parley
 
 FROM ${RUNTIME_IMAGE}
 ARG VERSION=0.1.0

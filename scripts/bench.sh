@@ -239,7 +239,7 @@ fi
 if [ "${PARLEY_BENCH_HEAPTRACK:-0}" = 1 ]; then
   have heaptrack || apt_install heaptrack
   rm -f "$OUT/$scenario.heaptrack".*
-  server_cmd=(heaptrack --record-only -o "$OUT/$scenario.heaptrack" "${server_cmd[@]}")
+  server_cmd=(heaptrack -o "$OUT/$scenario.heaptrack" "${server_cmd[@]}")
 fi
 log "server: ${server_cmd[*]} (bcrypt cost $BCRYPT_COST, rate limits $RATE_LIMIT, exchange $EXCHANGE)"
 "${server_cmd[@]}" >"$OUT/$scenario.server.log" 2>&1 &
