@@ -50,6 +50,17 @@ pub struct ChatConfig {
     #[arg(long, env = "PARLEY_SOCKET_BUFFER_PACKETS", default_value_t = 4096)]
     pub socket_buffer_packets: usize,
 
+    /// Initial read buffer of a WebSocket, in bytes. Every idle socket holds
+    /// one; a larger message grows it as needed (the CONNECT packet, with its
+    /// token, already takes about 500 bytes).
+    #[arg(
+        long,
+        env = "PARLEY_SOCKET_READ_BUFFER_BYTES",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(256..=1_048_576)
+    )]
+    pub socket_read_buffer_bytes: u32,
+
     /// Engine.IO ping interval in milliseconds.
     #[arg(long, env = "PARLEY_SOCKET_PING_INTERVAL_MS", default_value_t = 25_000)]
     pub socket_ping_interval_ms: u64,

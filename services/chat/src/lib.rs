@@ -213,8 +213,12 @@ impl ChatService {
             .ping_timeout(Duration::from_millis(config.socket_ping_timeout_ms))
             .max_payload(config.socket_max_payload)
             .max_buffer_size(config.socket_buffer_packets.max(16))
+            .ws_read_buffer_size(config.socket_read_buffer_bytes as usize)
             .with_state(ctx.clone())
             .build_svc();
+        let service = tower::ServiceBuilder::new()
+            .map_request(socket::own_request_head)
+            .service(service);
         io.ns("/", socket::connected.with(socket::authenticate));
         realtime.attach(io.clone());
         let upkeep = spawn_presence_upkeep(ctx.clone(), io.clone(), config.heartbeat(), background);

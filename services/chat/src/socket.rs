@@ -8,15 +8,14 @@
 //! right after `connect` is never lost. Presence is announced in the connect
 //! handler, which runs after the confirmation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use parley_common::auth::{Authenticator, cookie_token};
 use parley_common::http::validate::{js_length, js_trim, js_truthy};
 use serde_json::{Map, Value, json};
-use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
-use tokio::sync::mpsc;
+use socketioxide::extract::{AckSender, Event, Extension, SocketRef, State, TryData};
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
@@ -97,15 +96,57 @@ pub async fn authenticate(
     socket.extensions.insert(user.clone());
     socket.extensions.insert(CameOnline(first_in_cluster));
     socket.join(claims.id.to_string());
-    let (inbox, jobs) = mpsc::channel(INBOX_CAPACITY);
-    tokio::spawn(drain_inbox(ctx.clone(), user.clone(), jobs));
-    socket.extensions.insert(Inbox(inbox));
-    socket.on("sendMessage", on_send_message);
-    socket.on("typing", on_typing);
-    socket.on("messageDelivered", on_message_delivered);
-    socket.on("markRead", on_mark_read);
+    socket.extensions.insert(Inbox::default());
+    socket.on_fallback(on_event);
     socket.on_disconnect(disconnected);
     Ok(())
+}
+
+/// The request headers a socket keeps: the `jwt` cookie for the handshake's
+/// authentication, and what engineioxide reads (the WebSocket key at upgrade,
+/// the content type of polling posts). Nothing else reads them later.
+const KEPT_HEADERS: [http::HeaderName; 3] = [
+    http::header::COOKIE,
+    http::header::SEC_WEBSOCKET_KEY,
+    http::header::CONTENT_TYPE,
+];
+
+/// Gives a Socket.IO request a small head of its own before socketioxide
+/// keeps it for the socket's whole life (`req_parts`).
+///
+/// hyper parses header values and the URI as slices of the connection's
+/// 16 KiB read buffer (and axum keeps a copy of the URI as
+/// [`OriginalUri`](axum::extract::OriginalUri)), so those few hundred bytes
+/// would pin the whole buffer for every idle socket. The head kept holds
+/// copies of the URI and of [`KEPT_HEADERS`] only; the rest of the request
+/// (the layers outside this one) saw every header.
+pub fn own_request_head<B>(request: http::Request<B>) -> http::Request<B> {
+    let (mut parts, body) = request.into_parts();
+    let kept = KEPT_HEADERS
+        .iter()
+        .map(|name| parts.headers.get_all(name).iter().count())
+        .sum();
+    // Sized exactly: a map that grows keeps room for six headers (~600 bytes).
+    let mut headers = http::HeaderMap::with_capacity(kept);
+    for name in &KEPT_HEADERS {
+        for value in parts.headers.get_all(name) {
+            let mut owned = http::HeaderValue::from_bytes(value.as_bytes())
+                .expect("the bytes of a HeaderValue make a HeaderValue");
+            owned.set_sensitive(value.is_sensitive());
+            headers.append(name, owned);
+        }
+    }
+    parts.headers = headers;
+    let owned_uri = |uri: &mut http::Uri| {
+        if let Ok(owned) = http::Uri::try_from(uri.to_string()) {
+            *uri = owned;
+        }
+    };
+    owned_uri(&mut parts.uri);
+    if let Some(axum::extract::OriginalUri(original)) = parts.extensions.get_mut() {
+        owned_uri(original);
+    }
+    http::Request::from_parts(parts, body)
 }
 
 /// Whether this socket brought its user online in the whole cluster.
@@ -188,18 +229,56 @@ enum Job {
     MarkRead(Option<Value>),
 }
 
-/// The queue of a socket's events; handled one at a time, in order, as the
+/// The queue of a socket's events, handled one at a time and in order, as the
 /// original's single-threaded listeners did (socketioxide would otherwise run
 /// each event in its own task, and a `typing: false` could overtake the
 /// `typing: true` before it, or two messages swap places).
-#[derive(Clone)]
-struct Inbox(mpsc::Sender<Job>);
+///
+/// A drain task runs only while there are events: an idle socket holds an
+/// empty queue and no task (a task and a channel per socket cost about 5 KiB
+/// of every idle connection).
+#[derive(Clone, Default)]
+struct Inbox(Arc<Mutex<InboxState>>);
 
-/// Every socket has this task, mostly idle: the work of a job is boxed, so the
-/// task itself stays small (the futures of the handlers take kilobytes, which
-/// an idle socket would otherwise hold for its whole life).
-async fn drain_inbox(ctx: SocketContext, user: SocketUser, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(job) = jobs.recv().await {
+#[derive(Default)]
+struct InboxState {
+    jobs: VecDeque<Job>,
+    draining: bool,
+}
+
+impl Inbox {
+    /// Queues `job` and starts a drain task unless one is running; gives the
+    /// job back when [`INBOX_CAPACITY`] events are already waiting.
+    fn push(&self, ctx: SocketContext, user: SocketUser, job: Job) -> Result<(), Job> {
+        let mut state = self.0.lock().expect("inbox lock poisoned");
+        if state.jobs.len() >= INBOX_CAPACITY {
+            return Err(job);
+        }
+        state.jobs.push_back(job);
+        if !state.draining {
+            state.draining = true;
+            tokio::spawn(drain_inbox(self.clone(), ctx, user));
+        }
+        Ok(())
+    }
+
+    /// The next job; when there is none the drain task ends, and the queue's
+    /// memory is given back.
+    fn next(&self) -> Option<Job> {
+        let mut state = self.0.lock().expect("inbox lock poisoned");
+        let job = state.jobs.pop_front();
+        if job.is_none() {
+            state.draining = false;
+            state.jobs = VecDeque::new();
+        }
+        job
+    }
+}
+
+/// Handles a socket's queued events until none is left. The work of a job is
+/// boxed, so the task itself stays small while it waits.
+async fn drain_inbox(inbox: Inbox, ctx: SocketContext, user: SocketUser) {
+    while let Some(job) = inbox.next() {
         match job {
             Job::Send {
                 socket,
@@ -213,35 +292,33 @@ async fn drain_inbox(ctx: SocketContext, user: SocketUser, mut jobs: mpsc::Recei
     }
 }
 
-async fn on_send_message(
+/// Every event of a client, queued by name (one handler per socket rather
+/// than a table of four: idle sockets are many). Other events are ignored,
+/// as the original did.
+async fn on_event(
     socket: SocketRef,
+    Event(event): Event,
     TryData(payload): TryData<Value>,
     ack: AckSender,
-    Extension(Inbox(inbox)): Extension<Inbox>,
+    Extension(inbox): Extension<Inbox>,
+    Extension(user): Extension<SocketUser>,
+    State(ctx): State<SocketContext>,
 ) {
-    let job = Job::Send {
-        socket,
-        payload: payload.ok(),
-        ack,
+    let payload = payload.ok();
+    let job = match event.as_str() {
+        "sendMessage" => Job::Send {
+            socket,
+            payload,
+            ack,
+        },
+        "typing" => Job::Typing(payload),
+        "messageDelivered" => Job::Delivered(payload),
+        "markRead" => Job::MarkRead(payload),
+        _ => return,
     };
-    if let Err(mpsc::error::TrySendError::Full(Job::Send { ack, .. })) = inbox.try_send(job) {
+    if let Err(Job::Send { ack, .. }) = inbox.push(ctx, user, job) {
         let _ = ack.send(&json!({"ok": false, "error": FAILED}));
     }
-}
-
-async fn on_typing(TryData(payload): TryData<Value>, Extension(Inbox(inbox)): Extension<Inbox>) {
-    let _ = inbox.try_send(Job::Typing(payload.ok()));
-}
-
-async fn on_message_delivered(
-    TryData(payload): TryData<Value>,
-    Extension(Inbox(inbox)): Extension<Inbox>,
-) {
-    let _ = inbox.try_send(Job::Delivered(payload.ok()));
-}
-
-async fn on_mark_read(TryData(payload): TryData<Value>, Extension(Inbox(inbox)): Extension<Inbox>) {
-    let _ = inbox.try_send(Job::MarkRead(payload.ok()));
 }
 
 async fn send_message(
@@ -510,5 +587,83 @@ impl Typing {
         {
             timer.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_request_head;
+    use axum::extract::OriginalUri;
+    use bytes::Bytes;
+    use http::header::{COOKIE, SEC_WEBSOCKET_KEY, USER_AGENT};
+    use http::{HeaderValue, Request, Uri};
+
+    /// The request head as hyper leaves it: the URI and every header value are
+    /// slices of one read buffer.
+    fn parsed_from(buffer: &Bytes) -> Request<()> {
+        let text = std::str::from_utf8(buffer).unwrap();
+        let slice = |part: &str| {
+            let at = text.find(part).unwrap();
+            buffer.slice(at..at + part.len())
+        };
+        let uri =
+            Uri::from_maybe_shared(slice("/chat/socket.io/?EIO=4&transport=websocket")).unwrap();
+        let mut request = Request::builder().uri(uri.clone()).body(()).unwrap();
+        request.extensions_mut().insert(OriginalUri(uri));
+        let mut cookie = HeaderValue::from_maybe_shared(slice("jwt=header.claims.sig")).unwrap();
+        cookie.set_sensitive(true);
+        request.headers_mut().insert(COOKIE, cookie);
+        request.headers_mut().insert(
+            SEC_WEBSOCKET_KEY,
+            HeaderValue::from_maybe_shared(slice("dGhlIHNhbXBsZSBub25jZQ==")).unwrap(),
+        );
+        request.headers_mut().insert(
+            USER_AGENT,
+            HeaderValue::from_maybe_shared(slice("bench/1.0")).unwrap(),
+        );
+        request.extensions_mut().insert(7u8);
+        request
+    }
+
+    #[test]
+    fn the_kept_request_head_no_longer_points_into_the_read_buffer() {
+        let mut raw = b"GET /chat/socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nuser-agent: bench/1.0\r\ncookie: jwt=header.claims.sig\r\n\r\n".to_vec();
+        raw.resize(8192, 0);
+        let buffer = Bytes::from(raw);
+        let inside = |bytes: &[u8]| buffer.as_ptr_range().contains(&bytes.as_ptr());
+        let request = parsed_from(&buffer);
+        assert!(
+            inside(request.headers()[COOKIE].as_bytes()),
+            "precondition: shared"
+        );
+        assert!(
+            inside(request.uri().path().as_bytes()),
+            "precondition: shared"
+        );
+
+        let owned = own_request_head(request);
+
+        for (name, value) in owned.headers() {
+            assert!(
+                !inside(value.as_bytes()),
+                "{name} still points into the buffer"
+            );
+        }
+        assert!(!inside(owned.uri().path().as_bytes()));
+        let OriginalUri(original) = owned.extensions().get().unwrap();
+        assert!(!inside(original.path().as_bytes()));
+        assert_eq!(original, "/chat/socket.io/?EIO=4&transport=websocket");
+        assert_eq!(owned.uri(), "/chat/socket.io/?EIO=4&transport=websocket");
+        assert_eq!(owned.headers()[COOKIE], "jwt=header.claims.sig");
+        assert!(owned.headers()[COOKIE].is_sensitive());
+        assert_eq!(
+            owned.headers()[SEC_WEBSOCKET_KEY],
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
+        assert!(
+            owned.headers().get(USER_AGENT).is_none(),
+            "only the kept headers stay"
+        );
+        assert_eq!(owned.extensions().get::<u8>(), Some(&7));
     }
 }
