@@ -110,7 +110,8 @@ impl ChatMetrics {
 /// State of the REST handlers.
 #[derive(Clone)]
 pub struct ChatState {
-    pub socket: SocketContext,
+    /// Shared, so that a request clones one pointer rather than every handle.
+    pub socket: Arc<SocketContext>,
 }
 
 impl FromRef<ChatState> for Authenticator {
@@ -245,7 +246,9 @@ impl ChatService {
             .route("/chat/api-docs.json", get(openapi::document))
             .route_service("/chat/socket.io", service.clone())
             .route_service("/chat/socket.io/", service)
-            .with_state(ChatState { socket: ctx });
+            .with_state(ChatState {
+                socket: Arc::new(ctx),
+            });
         Ok(Self {
             router,
             health,

@@ -8,6 +8,7 @@ use parley_common::auth::AuthUser;
 use parley_common::http::error::ok;
 use parley_common::http::validate::{as_text, is_uuid, js_length, js_trim};
 use parley_common::http::{ApiError, ApiResult, Body, Validator, query};
+use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -152,14 +153,48 @@ pub async fn history(
     let offset = js_number(&query::param(raw.as_deref(), "offset"))
         .map_or(0, |n| n.trunc().max(0.0).min(i64::MAX as f64) as i64);
     let (page, total) = store::history(&state.socket.pool, claims.id, other, limit, offset).await?;
-    let data: Vec<MessageView> = page.iter().map(MessageView::from).collect();
-    Ok(Json(json!({
-        "status": 200,
-        "message": "Conversation fetched successfully",
-        "data": data,
-        "pagination": {"total": total, "limit": limit, "offset": offset, "hasMore": offset.saturating_add(limit) < total},
-    }))
+    Ok(Json(HistoryPage {
+        status: 200,
+        message: "Conversation fetched successfully",
+        data: page.iter().map(MessageView::from).collect(),
+        pagination: Pagination {
+            total,
+            limit,
+            offset,
+            has_more: offset.saturating_add(limit) < total,
+        },
+    })
     .into_response())
+}
+
+/// The body of `GET /chat/get/:id`, serialized straight from the rows.
+#[derive(Serialize)]
+struct HistoryPage<'a> {
+    status: u16,
+    message: &'static str,
+    data: Vec<MessageView<'a>>,
+    pagination: Pagination,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Pagination {
+    total: i64,
+    limit: i64,
+    offset: i64,
+    has_more: bool,
+}
+
+/// One entry of `GET /chat/conversations`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConversationView {
+    user_id: Uuid,
+    last_message_sender_id: Uuid,
+    last_message: String,
+    last_message_time: String,
+    unread_count: i64,
+    username: String,
 }
 
 /// `GET /chat/conversations`
@@ -171,17 +206,15 @@ pub async fn conversations(
     AuthUser(claims): AuthUser,
 ) -> ApiResult<Response> {
     let rows = store::conversations(&state.socket.pool, claims.id).await?;
-    let data: Vec<Value> = rows
+    let data: Vec<ConversationView> = rows
         .into_iter()
-        .map(|c| {
-            json!({
-                "userId": c.partner,
-                "lastMessageSenderId": c.last_sender,
-                "lastMessage": c.last_body,
-                "lastMessageTime": js_time(c.last_at),
-                "unreadCount": c.unread,
-                "username": c.username.unwrap_or_else(|| "Unknown User".to_owned()),
-            })
+        .map(|c| ConversationView {
+            user_id: c.partner,
+            last_message_sender_id: c.last_sender,
+            last_message: c.last_body,
+            last_message_time: js_time(c.last_at),
+            unread_count: c.unread,
+            username: c.username.unwrap_or_else(|| "Unknown User".to_owned()),
         })
         .collect();
     Ok(ok("Conversations fetched successfully", data))

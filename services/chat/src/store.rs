@@ -23,29 +23,29 @@ pub struct Message {
 /// The columns of [`Message`], for `SELECT`s.
 pub const MESSAGE_COLUMNS: &str = "id, sender_id, receiver_id, body, is_encrypted, status::text AS status, created_at, updated_at";
 
-/// The REST shape of a message (§4.1, §4.2).
+/// The REST shape of a message (§4.1, §4.2), borrowed from the row.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MessageView {
+pub struct MessageView<'a> {
     pub id: Uuid,
     pub sender_id: Uuid,
     pub receiver_id: Uuid,
-    pub message: String,
+    pub message: &'a str,
     pub is_encrypted: bool,
-    pub status: String,
+    pub status: &'a str,
     pub created_at: String,
     pub updated_at: String,
 }
 
-impl From<&Message> for MessageView {
-    fn from(m: &Message) -> Self {
+impl<'a> From<&'a Message> for MessageView<'a> {
+    fn from(m: &'a Message) -> Self {
         Self {
             id: m.id,
             sender_id: m.sender_id,
             receiver_id: m.receiver_id,
-            message: m.body.clone(),
+            message: &m.body,
             is_encrypted: m.is_encrypted,
-            status: m.status.clone(),
+            status: &m.status,
             created_at: js_time(m.created_at),
             updated_at: js_time(m.updated_at),
         }

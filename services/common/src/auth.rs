@@ -98,10 +98,30 @@ pub enum TokenError {
     Revoked,
 }
 
+/// Tokens verified recently, at most this many (~0.5 KiB each).
+const VERIFIED_CACHE_ENTRIES: u64 = 16_384;
+/// How long a verification is remembered (the token's `exp` is checked on
+/// every use regardless).
+const VERIFIED_CACHE_TTL: Duration = Duration::from_secs(600);
+
 /// The public keys tokens are verified against: current and previous.
-#[derive(Clone, Default)]
+///
+/// A client sends the same token with every request for up to 24 h, and an
+/// Ed25519 verification costs more than the rest of a typical read, so the
+/// claims of tokens verified in the last ten minutes are remembered, keyed by
+/// the whole token. Only valid tokens are remembered; expiry is checked on
+/// every hit, and revocation by [`Authenticator::verify`] on every request. A
+/// new key ring (new keys) starts with nothing remembered.
+#[derive(Clone)]
 pub struct KeyRing {
     keys: Arc<HashMap<String, DecodingKey>>,
+    verified: moka::sync::Cache<Box<str>, Claims>,
+}
+
+impl Default for KeyRing {
+    fn default() -> Self {
+        Self::with_keys(HashMap::new())
+    }
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -121,9 +141,17 @@ impl KeyRing {
                 .map_err(|_| KeyError::UnsupportedJwk(jwk.kid.clone()))?;
             keys.insert(jwk.kid.clone(), key);
         }
-        Ok(Self {
+        Ok(Self::with_keys(keys))
+    }
+
+    fn with_keys(keys: HashMap<String, DecodingKey>) -> Self {
+        Self {
             keys: Arc::new(keys),
-        })
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CACHE_ENTRIES)
+                .time_to_live(VERIFIED_CACHE_TTL)
+                .build(),
+        }
     }
 
     /// Number of keys in the ring.
@@ -138,6 +166,19 @@ impl KeyRing {
 
     /// Verifies signature (by `kid`), algorithm and expiry, with no leeway.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        if let Some(claims) = self.verified.get(token) {
+            if claims.exp >= OffsetDateTime::now_utc().unix_timestamp() {
+                return Ok(claims);
+            }
+            self.verified.invalidate(token);
+            return Err(TokenError::Invalid);
+        }
+        let claims = self.verify_signed(token)?;
+        self.verified.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
@@ -481,6 +522,8 @@ mod tests {
     fn tampered_token_is_invalid() {
         let (issuer, ring) = issuer_and_ring();
         let (token, _) = issuer.issue(Uuid::new_v4(), "a", "a@b.c");
+        // The genuine token is remembered; a copy with other claims is not it.
+        assert!(ring.verify(&token).is_ok());
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         parts[1] = base64::Engine::encode(
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
@@ -490,7 +533,35 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_token_is_refused_once_it_expires() {
+        let generated = keys::generate();
+        let issuer = TokenIssuer::from_pem(&generated.private_pem).unwrap();
+        let ring = KeyRing::from_jwks(&Jwks {
+            keys: vec![generated.jwk],
+        })
+        .unwrap();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let claims = Claims {
+            username: "a".into(),
+            email: "a@b.c".into(),
+            id: Uuid::new_v4(),
+            iat: now,
+            exp: now + 1,
+            jti: Uuid::new_v4(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(issuer.kid().to_owned());
+        let token = jsonwebtoken::encode(&header, &claims, &issuer.key).unwrap();
+        assert_eq!(ring.verify(&token), Ok(claims.clone()));
+        assert_eq!(ring.verify(&token), Ok(claims), "served from memory");
+        std::thread::sleep(Duration::from_millis(2_100));
+        assert_eq!(ring.verify(&token), Err(TokenError::Invalid));
+        assert_eq!(ring.verify(&token), Err(TokenError::Invalid), "forgotten");
+    }
+
+    #[test]
     fn revoked_token_is_refused() {
+        // The first verification is remembered: revocation must still apply.
         let (issuer, key_ring) = issuer_and_ring();
         let auth = Authenticator {
             key_ring,
