@@ -109,22 +109,17 @@ pub struct Conversation {
     pub username: Option<String>,
 }
 
-/// Every conversation partner of `me`, newest first.
+/// Every conversation partner of `me`, newest first, from the
+/// `conversations` table the message writer keeps.
 pub async fn conversations(pool: &PgPool, me: Uuid) -> Result<Vec<Conversation>, sqlx::Error> {
     sqlx::query_as(
-        "WITH latest AS ( \
-           SELECT DISTINCT ON (partner) partner, sender_id, body, created_at FROM ( \
-             SELECT CASE WHEN sender_id = $1 THEN receiver_id ELSE sender_id END AS partner, \
-                    id, sender_id, body, created_at \
-             FROM messages WHERE sender_id = $1 OR receiver_id = $1 \
-           ) mine ORDER BY partner, created_at DESC, id DESC \
-         ) \
-         SELECT l.partner, l.sender_id AS last_sender, l.body AS last_body, l.created_at AS last_at, \
+        "SELECT c.partner_id AS partner, c.last_sender_id AS last_sender, c.last_body, c.last_at, \
            (SELECT count(*) FROM messages m \
-             WHERE m.sender_id = l.partner AND m.receiver_id = $1 AND m.status <> 'Seen') AS unread, \
+             WHERE m.sender_id = c.partner_id AND m.receiver_id = $1 AND m.status <> 'Seen') AS unread, \
            u.username \
-         FROM latest l LEFT JOIN users u ON u.id = l.partner \
-         ORDER BY l.created_at DESC",
+         FROM conversations c LEFT JOIN users u ON u.id = c.partner_id \
+         WHERE c.owner_id = $1 \
+         ORDER BY c.last_at DESC",
     )
     .bind(me)
     .fetch_all(pool)

@@ -2,7 +2,8 @@
 //!
 //! Senders hand their message to a queue and wait. Each of `writers` workers
 //! takes whatever is queued (up to `batch` messages), writes it in one
-//! transaction — the rows, the presence check of the receivers and the
+//! transaction — the rows, the latest message of each side of each
+//! conversation (`conversations`), the presence check of the receivers and the
 //! offline-message events of those with no live socket anywhere — commits,
 //! and only then answers every sender. Under load one commit carries many
 //! messages; alone, a message is committed at once. While one worker commits,
@@ -165,6 +166,24 @@ async fn write_batch(
     .bind(&bodies)
     .fetch_all(&mut *tx)
     .await?;
+    let latest = latest_per_side(&rows);
+    sqlx::query(
+        "INSERT INTO conversations AS c \
+           (owner_id, partner_id, last_message_id, last_sender_id, last_body, last_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[]) \
+         ON CONFLICT (owner_id, partner_id) DO UPDATE SET \
+           last_message_id = EXCLUDED.last_message_id, last_sender_id = EXCLUDED.last_sender_id, \
+           last_body = EXCLUDED.last_body, last_at = EXCLUDED.last_at \
+         WHERE (c.last_at, c.last_message_id) < (EXCLUDED.last_at, EXCLUDED.last_message_id)",
+    )
+    .bind(latest.iter().map(|l| l.owner).collect::<Vec<_>>())
+    .bind(latest.iter().map(|l| l.partner).collect::<Vec<_>>())
+    .bind(latest.iter().map(|l| l.message.id).collect::<Vec<_>>())
+    .bind(latest.iter().map(|l| l.message.sender_id).collect::<Vec<_>>())
+    .bind(latest.iter().map(|l| l.message.body.as_str()).collect::<Vec<_>>())
+    .bind(latest.iter().map(|l| l.message.created_at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
     let online: Vec<Uuid> = sqlx::query_scalar(
         "SELECT DISTINCT s.user_id FROM presence_sessions s JOIN replicas r ON r.id = s.replica_id \
          WHERE s.user_id = ANY($1) AND r.last_seen > now() - make_interval(secs => $2)",
@@ -199,4 +218,80 @@ async fn write_batch(
     events::enqueue_many(&mut tx, MESSAGE_OFFLINE, &offline_events).await?;
     tx.commit().await?;
     Ok(stored)
+}
+
+/// The newest message of one side of a conversation in a batch.
+#[derive(Debug)]
+struct Side<'a> {
+    owner: Uuid,
+    partner: Uuid,
+    message: &'a Message,
+}
+
+/// Each side of every conversation in `rows` (sender → receiver and back)
+/// with its newest message, sorted by (owner, partner): one row per key, as
+/// one upsert statement requires, and locks taken in one order by every
+/// writer, so concurrent writers (replicas) cannot deadlock on them.
+fn latest_per_side(rows: &[Message]) -> Vec<Side<'_>> {
+    let mut latest: std::collections::BTreeMap<(Uuid, Uuid), &Message> = Default::default();
+    for message in rows {
+        for key in [
+            (message.sender_id, message.receiver_id),
+            (message.receiver_id, message.sender_id),
+        ] {
+            let newer =
+                |kept: &&Message| (message.created_at, message.id) > (kept.created_at, kept.id);
+            if latest.get(&key).is_none_or(newer) {
+                latest.insert(key, message);
+            }
+        }
+    }
+    latest
+        .into_iter()
+        .map(|((owner, partner), message)| Side {
+            owner,
+            partner,
+            message,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+
+    fn message(from: Uuid, to: Uuid, at_ms: i64) -> Message {
+        let at = OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(at_ms);
+        Message {
+            id: Uuid::new_v4(),
+            sender_id: from,
+            receiver_id: to,
+            body: format!("{at_ms}"),
+            is_encrypted: true,
+            status: "NotDelivered".into(),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn each_side_of_each_conversation_gets_its_newest_message_once_in_key_order() {
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        // Arrival order is not time order: the writer's rows come back in any order.
+        let rows = vec![
+            message(a, b, 2),
+            message(b, a, 3),
+            message(a, b, 1),
+            message(c, a, 5),
+        ];
+        let sides = latest_per_side(&rows);
+        let seen: Vec<(Uuid, Uuid, &str)> = sides
+            .iter()
+            .map(|s| (s.owner, s.partner, s.message.body.as_str()))
+            .collect();
+        let mut expected = vec![(a, b, "3"), (b, a, "3"), (a, c, "5"), (c, a, "5")];
+        expected.sort_by_key(|(owner, partner, _)| (*owner, *partner));
+        assert_eq!(seen, expected);
+    }
 }

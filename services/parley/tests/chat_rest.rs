@@ -468,3 +468,74 @@ async fn chat_health_docs_and_rate_limit() {
         "health is not limited"
     );
 }
+
+#[tokio::test]
+async fn upgrading_a_chat_schema_that_holds_messages_fills_in_every_conversation() {
+    use sqlx::Executor;
+    let db = parley_common::testing::TestDatabase::create().await;
+    // The chat schema as version 1 left it: its first migration only.
+    let first_only = std::env::temp_dir().join(format!("parley-chat-v1-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&first_only).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../migrations/chat/0001_messages_and_presence.sql"
+        ),
+        first_only.join("0001_messages_and_presence.sql"),
+    )
+    .unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(parley_common::db::connect_options(db.url(), "parley_chat").unwrap())
+        .await
+        .unwrap();
+    pool.execute("CREATE SCHEMA parley_chat").await.unwrap();
+    sqlx::migrate::Migrator::new(first_only.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&first_only).unwrap();
+    let (a, b, c) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    for (from, to, body, at) in [
+        (a, b, "first", "2026-01-01T10:00:00Z"),
+        (b, a, "reply", "2026-01-01T10:05:00Z"),
+        (a, c, "other", "2026-01-01T09:00:00Z"),
+    ] {
+        sqlx::query(
+            "INSERT INTO messages (sender_id, receiver_id, body, created_at) VALUES ($1, $2, $3, $4::timestamptz)",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(body)
+        .bind(at)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+
+    parley_common::db::migrate(db.url(), parley_chat::SCHEMA, None)
+        .await
+        .unwrap();
+
+    let mut rows: Vec<(uuid::Uuid, uuid::Uuid, uuid::Uuid, String)> =
+        sqlx::query_as("SELECT owner_id, partner_id, last_sender_id, last_body FROM conversations")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    rows.sort();
+    let mut expected = vec![
+        (a, b, b, "reply".to_owned()),
+        (b, a, b, "reply".to_owned()),
+        (a, c, a, "other".to_owned()),
+        (c, a, a, "other".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected);
+    pool.close().await;
+}
