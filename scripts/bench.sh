@@ -22,13 +22,17 @@
 # Server settings (printed at start): bcrypt cost 12 (the default), every
 # per-IP rate limit raised to 1e9 (all load comes from one IP),
 # PARLEY_LOG=warn, events exchange `parley.bench` (its queues are emptied
-# first). Everything else is the default configuration.
+# first), PGSSLMODE=disable (below). Everything else is the default
+# configuration.
 #
 # Environment:
 #   PARLEY_BENCH_DB=parley_bench     database to recreate (must start with parley_bench)
 #   PARLEY_BENCH_OUT=target/bench    where results go
 #   PARLEY_BENCH_PORT=               server port (default: a free random one)
 #   PARLEY_BENCH_BCRYPT_COST=12      bcrypt cost of the server
+#   PARLEY_BENCH_PG_SSLMODE=disable  the server's PGSSLMODE: plaintext, as the operator's
+#                                    managed PostgreSQL (which offers no TLS) is reached;
+#                                    `prefer` measures TLS to a local server that offers it
 #   PARLEY_BENCH_SERVER_ARGS=        extra `parley serve` flags, e.g. "--chat-writers 8"
 #   PARLEY_BENCH_NO_BUILD=1          use the existing release binaries
 #   PARLEY_BENCH_PERF=1              record a CPU profile of the server with
@@ -227,6 +231,7 @@ export PARLEY_JWT_SIGNING_KEY_FILE="$keys/jwt-signing.pem"
 export PARLEY_JWT_JWKS_FILE="$keys/jwks.json"
 export PARLEY_BCRYPT_COST="$BCRYPT_COST"
 export PARLEY_LOG=warn
+export PGSSLMODE="${PARLEY_BENCH_PG_SSLMODE:-disable}"
 RATE_LIMIT=1000000000
 raise_rate_limits "$RATE_LIMIT"
 
@@ -241,7 +246,7 @@ if [ "${PARLEY_BENCH_HEAPTRACK:-0}" = 1 ]; then
   rm -f "$OUT/$scenario.heaptrack".*
   server_cmd=(heaptrack -o "$OUT/$scenario.heaptrack" "${server_cmd[@]}")
 fi
-log "server: ${server_cmd[*]} (bcrypt cost $BCRYPT_COST, rate limits $RATE_LIMIT, exchange $EXCHANGE)"
+log "server: ${server_cmd[*]} (bcrypt cost $BCRYPT_COST, rate limits $RATE_LIMIT, exchange $EXCHANGE, PGSSLMODE=$PGSSLMODE)"
 "${server_cmd[@]}" >"$OUT/$scenario.server.log" 2>&1 &
 server_pid=$!
 if [ "${PARLEY_BENCH_PERF:-0}" = 1 ] || [ "${PARLEY_BENCH_HEAPTRACK:-0}" = 1 ]; then
