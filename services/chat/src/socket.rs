@@ -130,9 +130,15 @@ pub fn own_request_head<B>(request: http::Request<B>) -> http::Request<B> {
     let mut headers = http::HeaderMap::with_capacity(kept);
     for name in &KEPT_HEADERS {
         for value in parts.headers.get_all(name) {
-            let mut owned = http::HeaderValue::from_bytes(value.as_bytes())
-                .expect("the bytes of a HeaderValue make a HeaderValue");
-            owned.set_sensitive(value.is_sensitive());
+            // hyper's parser and `from_bytes` accept the same bytes; should they
+            // ever differ, the shared value is kept rather than refused.
+            let owned = match http::HeaderValue::from_bytes(value.as_bytes()) {
+                Ok(mut owned) => {
+                    owned.set_sensitive(value.is_sensitive());
+                    owned
+                }
+                Err(_) => value.clone(),
+            };
             headers.append(name, owned);
         }
     }
