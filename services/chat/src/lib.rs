@@ -110,7 +110,6 @@ impl ChatMetrics {
 /// State of the REST handlers.
 #[derive(Clone)]
 pub struct ChatState {
-    /// Shared, so that a request clones one pointer rather than every handle.
     pub socket: Arc<SocketContext>,
 }
 
@@ -196,7 +195,7 @@ impl ChatService {
             config.chat_writers,
             config.chat_write_batch,
         );
-        let ctx = SocketContext {
+        let ctx = Arc::new(SocketContext {
             pool: pool.clone(),
             auth,
             writer,
@@ -207,7 +206,7 @@ impl ChatService {
                 Duration::from_millis(config.typing_timeout_ms),
             ),
             metrics: ChatMetrics::register(metrics),
-        };
+        });
         let (service, io) = SocketIo::builder()
             .req_path("/chat/socket.io")
             .ping_interval(Duration::from_millis(config.socket_ping_interval_ms))
@@ -246,9 +245,7 @@ impl ChatService {
             .route("/chat/api-docs.json", get(openapi::document))
             .route_service("/chat/socket.io", service.clone())
             .route_service("/chat/socket.io/", service)
-            .with_state(ChatState {
-                socket: Arc::new(ctx),
-            });
+            .with_state(ChatState { socket: ctx });
         Ok(Self {
             router,
             health,
@@ -261,7 +258,7 @@ impl ChatService {
 
 /// Heartbeat, reaping of dead replicas, and a clean goodbye at shutdown.
 fn spawn_presence_upkeep(
-    ctx: SocketContext,
+    ctx: Arc<SocketContext>,
     io: SocketIo,
     every: Duration,
     shutdown: CancellationToken,

@@ -25,8 +25,8 @@ use crate::writer::{MessageWriter, NewMessage};
 use crate::{ChatMetrics, presence::Presence};
 use parley_common::http::dates::js_time;
 
-/// Shared state of the Socket.IO handlers.
-#[derive(Clone)]
+/// Shared state of the Socket.IO and REST handlers, behind one `Arc` (a handler
+/// clones one pointer, not every handle).
 pub struct SocketContext {
     pub pool: sqlx::PgPool,
     pub auth: Authenticator,
@@ -58,7 +58,7 @@ impl std::fmt::Display for Refusal {
 pub async fn authenticate(
     socket: SocketRef,
     TryData(auth): TryData<Value>,
-    State(ctx): State<SocketContext>,
+    State(ctx): State<Arc<SocketContext>>,
 ) -> Result<(), Refusal> {
     let from_auth = auth
         .ok()
@@ -164,7 +164,7 @@ pub async fn connected(
     socket: SocketRef,
     Extension(user): Extension<SocketUser>,
     Extension(CameOnline(first)): Extension<CameOnline>,
-    State(ctx): State<SocketContext>,
+    State(ctx): State<Arc<SocketContext>>,
 ) {
     ctx.metrics.sockets.inc();
     if first {
@@ -187,7 +187,10 @@ pub async fn connected(
     }
 }
 
-async fn disconnected(Extension(user): Extension<SocketUser>, State(ctx): State<SocketContext>) {
+async fn disconnected(
+    Extension(user): Extension<SocketUser>,
+    State(ctx): State<Arc<SocketContext>>,
+) {
     ctx.metrics.sockets.dec();
     ctx.typing.cancel(user.id);
     match ctx.presence.disconnect(user.id).await {
@@ -255,7 +258,7 @@ struct InboxState {
 impl Inbox {
     /// Queues `job` and starts a drain task unless one is running; gives the
     /// job back when [`INBOX_CAPACITY`] events are already waiting.
-    fn push(&self, ctx: SocketContext, user: SocketUser, job: Job) -> Result<(), Job> {
+    fn push(&self, ctx: Arc<SocketContext>, user: SocketUser, job: Job) -> Result<(), Job> {
         let mut state = self.0.lock().expect("inbox lock poisoned");
         if state.jobs.len() >= INBOX_CAPACITY {
             return Err(job);
@@ -283,7 +286,7 @@ impl Inbox {
 
 /// Handles a socket's queued events until none is left. The work of a job is
 /// boxed, so the task itself stays small while it waits.
-async fn drain_inbox(inbox: Inbox, ctx: SocketContext, user: SocketUser) {
+async fn drain_inbox(inbox: Inbox, ctx: Arc<SocketContext>, user: SocketUser) {
     while let Some(job) = inbox.next() {
         match job {
             Job::Send {
@@ -308,7 +311,7 @@ async fn on_event(
     ack: AckSender,
     Extension(inbox): Extension<Inbox>,
     Extension(user): Extension<SocketUser>,
-    State(ctx): State<SocketContext>,
+    State(ctx): State<Arc<SocketContext>>,
 ) {
     let payload = payload.ok();
     let job = match event.as_str() {
