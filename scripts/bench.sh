@@ -14,7 +14,8 @@
 # the database $PARLEY_BENCH_DB (default parley_bench; no other database is
 # touched) with an owner role and DML-only runtime roles, generates fresh JWT
 # keys, migrates, raises `ulimit -n` to the hard limit, starts
-# `parley serve --target all` on a random loopback port with the benchmark
+# `parley serve --target all` on a random loopback port (several replicas for
+# `capacity` when one process may not hold 100,000 sockets) with the benchmark
 # settings below, samples the server's RSS from /proc every second, runs the
 # scenario, writes target/bench/<scenario>.json (+ .md, .rss.csv, .server.log)
 # and prints the markdown summary. The server is stopped at exit.
@@ -42,6 +43,12 @@
 #                                    <scenario>.heaptrack.zst and print where the
 #                                    memory still held at exit was allocated
 #   PARLEY_BENCH_KEEP_DB=1           keep the database after the run
+#   PARLEY_BENCH_REPLICAS=           servers to start: monolithic replicas on the one
+#                                    database and broker, each on its own port. Default 1;
+#                                    for `capacity`, as many as 100,000 sockets need when one
+#                                    process may not open that many files (each replica
+#                                    then gets PARLEY_DB_MAX_CONNECTIONS=4 unless it is set,
+#                                    to stay within PostgreSQL's max_connections)
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -131,11 +138,13 @@ build
 # --- 2. machine settings for this run ----------------------------------------
 
 server_pid=""
+replica_pids=()
 sampler_pid=""
 restore_somaxconn=""
 cleanup() {
   local status=$?
   if [ -n "$sampler_pid" ]; then kill "$sampler_pid" 2>/dev/null || true; fi
+  for p in "${replica_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
     log "stopping the server (pid $server_pid)"
     kill -TERM "$server_pid" 2>/dev/null || true
@@ -146,6 +155,13 @@ cleanup() {
     kill -KILL "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
   fi
+  for p in "${replica_pids[@]}"; do
+    for _ in $(seq 1 60); do
+      kill -0 "$p" 2>/dev/null || break
+      sleep 0.5
+    done
+    kill -KILL "$p" 2>/dev/null || true
+  done
   if [ -n "$restore_somaxconn" ]; then
     log "restoring net.core.somaxconn=$restore_somaxconn"
     as_root sysctl -q -w "net.core.somaxconn=$restore_somaxconn" || true
@@ -217,7 +233,31 @@ for svc in "${SERVICES[@]}"; do
     "$PARLEY_BIN" migrate --target "$svc" --runtime-role "parley_bench_${svc}_svc"
 done
 
-# --- 4. server -----------------------------------------------------------------
+# --- 4. servers ----------------------------------------------------------------
+
+# Capacity: 100,000 sockets, or as many as the open-files limit allows; when
+# one process cannot hold them, several replicas share them (and the load
+# generator spreads its sockets over as many worker processes).
+connections_given=0
+if printf '%s\n' "$@" | grep -q -- '^--connections'; then connections_given=1; fi
+per_process=$((nofile - 1500))
+replicas="${PARLEY_BENCH_REPLICAS:-}"
+if [ -z "$replicas" ]; then
+  replicas=1
+  if [ "$scenario" = capacity ] && [ "$connections_given" = 0 ] && [ "$per_process" -lt 100000 ]; then
+    replicas=$(((100000 + per_process - 1) / per_process))
+  fi
+fi
+case "$replicas" in
+  '' | *[!0-9]* | 0) die "PARLEY_BENCH_REPLICAS must be a positive number" ;;
+esac
+if [ "$replicas" -gt 1 ]; then
+  if [ "${PARLEY_BENCH_PERF:-0}" = 1 ] || [ "${PARLEY_BENCH_HEAPTRACK:-0}" = 1 ]; then
+    die "PARLEY_BENCH_PERF and PARLEY_BENCH_HEAPTRACK profile one server: set PARLEY_BENCH_REPLICAS=1"
+  fi
+  export PARLEY_DB_MAX_CONNECTIONS="${PARLEY_DB_MAX_CONNECTIONS:-4}"
+  log "$replicas replicas (PARLEY_DB_MAX_CONNECTIONS=$PARLEY_DB_MAX_CONNECTIONS each)"
+fi
 
 port="${PARLEY_BENCH_PORT:-$(free_port)}"
 for svc in "${SERVICES[@]}"; do
@@ -249,6 +289,17 @@ fi
 log "server: ${server_cmd[*]} (bcrypt cost $BCRYPT_COST, rate limits $RATE_LIMIT, exchange $EXCHANGE, PGSSLMODE=$PGSSLMODE)"
 "${server_cmd[@]}" >"$OUT/$scenario.server.log" 2>&1 &
 server_pid=$!
+replica_ports=()
+replica_pids=()
+for i in $(seq 2 "$replicas"); do
+  replica_port="$(free_port)"
+  # shellcheck disable=SC2206 # as above
+  replica_cmd=("$PARLEY_BIN" serve --target all --listen "127.0.0.1:$replica_port" ${PARLEY_BENCH_SERVER_ARGS:-})
+  log "replica $i: ${replica_cmd[*]}"
+  "${replica_cmd[@]}" >"$OUT/$scenario.server-$i.log" 2>&1 &
+  replica_pids+=("$!")
+  replica_ports+=("$replica_port")
+done
 if [ "${PARLEY_BENCH_PERF:-0}" = 1 ] || [ "${PARLEY_BENCH_HEAPTRACK:-0}" = 1 ]; then
   # The server is the profiler's child.
   for _ in $(seq 1 50); do
@@ -261,16 +312,26 @@ if [ "${PARLEY_BENCH_PERF:-0}" = 1 ] || [ "${PARLEY_BENCH_HEAPTRACK:-0}" = 1 ]; 
 else
   parley_pid="$server_pid"
 fi
-ready() { curl -fs -o /dev/null "http://127.0.0.1:$port/readyz"; }
 have curl || apt_install curl
-wait_for "parley on 127.0.0.1:$port" "See $OUT/$scenario.server.log." ready
+for p in "$port" "${replica_ports[@]}"; do
+  ready() { curl -fs -o /dev/null "http://127.0.0.1:$p/readyz"; }
+  wait_for "parley on 127.0.0.1:$p" "See $OUT/$scenario.server*.log." ready
+done
 log "server pid $parley_pid, open files limit $(awk '/Max open files/ {print $4}' "/proc/$parley_pid/limits")"
+[ "$replicas" -eq 1 ] || log "replica pids ${replica_pids[*]} on ports ${replica_ports[*]}"
 
-# RSS every second, for the record.
+# RSS every second, for the record: one column per server.
+all_pids=("$parley_pid" "${replica_pids[@]}")
 (
-  printf 'unix_time,rss_kib\n'
+  printf 'unix_time'
+  printf ',rss_kib_%s' "${all_pids[@]}"
+  printf '\n'
   while kill -0 "$parley_pid" 2>/dev/null; do
-    printf '%s,%s\n' "$(date +%s)" "$(awk '/^VmRSS:/ {print $2}' "/proc/$parley_pid/status" 2>/dev/null)"
+    printf '%s' "$(date +%s)"
+    for p in "${all_pids[@]}"; do
+      printf ',%s' "$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null)"
+    done
+    printf '\n'
     sleep 1
   done
 ) >"$OUT/$scenario.rss.csv" 2>/dev/null &
@@ -296,13 +357,16 @@ cpu_snapshot() {
 # --- 5. the scenario -------------------------------------------------------------
 
 extra=()
-if [ "$scenario" = capacity ] && ! printf '%s\n' "$@" | grep -q -- '^--connections'; then
-  # 100,000 when the open-files limit allows it (the server needs one per connection).
-  max=$((nofile - 1500))
+if [ "$scenario" = capacity ] && [ "$connections_given" = 0 ]; then
+  # 100,000 when the servers' open-files limits allow it (one per connection).
+  max=$((per_process * replicas))
   [ "$max" -gt 100000 ] && max=100000
   extra+=(--connections "$max")
-  log "capacity: --connections $max (from the open-files limit $nofile)"
+  log "capacity: --connections $max over $replicas server(s) (open-files limit $nofile each)"
 fi
+for i in "${!replica_ports[@]}"; do
+  extra+=(--replica "http://127.0.0.1:${replica_ports[$i]}" --replica-pid "${replica_pids[$i]}")
+done
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 cpu_before="$(cpu_snapshot)"
 loadgen_start=$SECONDS

@@ -74,7 +74,7 @@ pub fn parse_source_addrs(spec: &str) -> Result<Vec<IpAddr>, String> {
 }
 
 /// An account the load generator registered.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Account {
     pub id: String,
     pub email: String,

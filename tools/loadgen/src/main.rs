@@ -76,6 +76,10 @@ enum Command {
     Chart(ChartArgs),
     /// Prints the markdown summaries of JSON reports.
     Report(ReportArgs),
+    /// A process of the capacity scenario holding some of its sockets (its
+    /// job comes as JSON on stdin; started by `capacity` itself).
+    #[command(name = "capacity-worker", hide = true)]
+    CapacityWorker,
 }
 
 /// Seconds, as a bounded number.
@@ -155,6 +159,18 @@ struct CapacityArgs {
     /// Seconds to hold the connections while the heartbeat runs.
     #[arg(long, default_value_t = 30.0, value_parser = secs(1.0, 600.0))]
     hold: f64,
+    /// Another server of the same cluster (a replica on the same database and
+    /// broker), repeatable: connections are dealt over --base-url and these
+    /// in turn, and the heartbeat pair goes from the first to the last.
+    #[arg(long = "replica", value_name = "URL")]
+    replicas: Vec<String>,
+    /// The process of each --replica, in the same order, to read its memory.
+    #[arg(long = "replica-pid", value_name = "PID")]
+    replica_pids: Vec<u32>,
+    /// Worker processes holding the sockets (0: as few as this process's
+    /// open-files limit allows, each needing one file per socket).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
+    workers: u64,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -257,6 +273,7 @@ async fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Command::CapacityWorker => return capacity::worker_main().await,
         _ => {}
     }
 
@@ -295,7 +312,9 @@ async fn main() -> Result<()> {
         Command::Reads(args) => reads_scenario(&base, &prefix, args).await?,
         Command::LoginFlood(args) => flood_scenario(&base, &prefix, args).await?,
         Command::Bundles(args) => bundles_scenario(&base, &prefix, args).await?,
-        Command::Chart(_) | Command::Report(_) => unreachable!("handled above"),
+        Command::Chart(_) | Command::Report(_) | Command::CapacityWorker => {
+            unreachable!("handled above")
+        }
     };
 
     env.loadavg_after = report::read_loadavg();
@@ -580,42 +599,96 @@ async fn capacity_scenario(
     nofile: Option<u64>,
 ) -> Result<Outcome> {
     let source_addrs = api::parse_source_addrs(&args.source_addrs).map_err(anyhow::Error::msg)?;
-    if let Some(limit) = nofile
-        && args.connections + 256 > limit
-    {
+    if !args.replica_pids.is_empty() && args.replica_pids.len() != args.replicas.len() {
+        bail!("give one --replica-pid per --replica, in the same order, or none");
+    }
+    let mut servers = vec![capacity::Server {
+        api: Api::new(base, 16)?,
+        url: base.to_string(),
+        pid: server_pid,
+    }];
+    for (i, replica) in args.replicas.iter().enumerate() {
+        let url = api::check_loopback(replica).map_err(anyhow::Error::msg)?;
+        servers.push(capacity::Server {
+            api: Api::new(&url, 16)?,
+            url: url.to_string(),
+            pid: args.replica_pids.get(i).copied(),
+        });
+    }
+    let connections = args.connections;
+    // Each server needs a file per socket it holds.
+    let per_server = connections.div_ceil(servers.len() as u64);
+    for server in &servers {
+        if let Some(limit) = server
+            .pid
+            .and_then(|pid| report::read_nofile_limit(&pid.to_string()))
+            && per_server + 256 > limit
+        {
+            bail!(
+                "{per_server} connections per server need more open files than server {} may have \
+                 ({limit}); raise its `ulimit -n` or add replicas (--replica)",
+                server.url
+            );
+        }
+    }
+    // So does each worker process.
+    let budget = nofile.map_or(u64::MAX, |limit| limit.saturating_sub(512).max(1));
+    let workers = match args.workers {
+        0 => connections.div_ceil(budget).max(1),
+        n => n,
+    };
+    if connections.div_ceil(workers) > budget {
         bail!(
-            "{} connections need more open files than this process may have ({limit}); \
-             raise `ulimit -n` (scripts/bench.sh does) or lower --connections",
-            args.connections
+            "{connections} connections over {workers} worker process(es) need more open files \
+             than each may have ({}); raise `ulimit -n` (scripts/bench.sh does) or add --workers",
+            budget + 512
         );
     }
     let ports_per_addr = 28_000u64;
-    if args.connections > ports_per_addr * source_addrs.len() as u64 {
+    if connections > ports_per_addr * source_addrs.len() as u64 {
         bail!(
-            "{} connections need more source ports than {} source addresses offer; add addresses",
-            args.connections,
+            "{connections} connections need more source ports than {} source addresses offer; add addresses",
             source_addrs.len()
         );
     }
-    let api = Api::new(base, 16)?;
+    let server_count = servers.len();
     let result = capacity::run(
-        &api,
         prefix,
         &capacity::CapacityPlan {
-            connections: args.connections as usize,
+            connections: connections as usize,
             users: args.users as usize,
+            servers,
             source_addrs,
             connect_concurrency: args.connect_concurrency as usize,
             hold: duration(args.hold),
-            server_pid,
+            workers: workers as usize,
         },
     )
     .await?;
     let per_conn = result.server_bytes_per_connection;
     let hb = &result.heartbeat;
     let mut notes = step_notes(hb);
-    if server_pid.is_none() {
-        notes.push("No --server-pid: server memory was not measured.".to_owned());
+    if result.server_bytes_per_connection.is_none() {
+        notes.push(
+            "Not every server's PID was given (--server-pid, --replica-pid): server memory was \
+             not measured."
+                .to_owned(),
+        );
+    }
+    if server_count > 1 {
+        let each: Vec<String> = result
+            .servers
+            .iter()
+            .map(|s| {
+                s.bytes_per_connection
+                    .map_or("?".to_owned(), |b| fmt(b / 1024.0))
+            })
+            .collect();
+        notes.push(format!(
+            "{server_count} servers (monolithic replicas on one database and broker); memory per \
+             connection on each: {} KiB. The heartbeat pair crosses from the first to the last.",
+            each.join(", ")
+        ));
     }
     if let Some(failure) = &result.first_failure {
         notes.push(format!(
@@ -628,9 +701,15 @@ async fn capacity_scenario(
         scenario: "capacity",
         params: json!({"connections": args.connections, "users": args.users,
             "source_addrs": args.source_addrs, "connect_concurrency": args.connect_concurrency,
-            "hold_secs": args.hold}),
+            "hold_secs": args.hold, "servers": server_count, "workers": result.workers}),
         figures: vec![
             figure("Idle connections held", held, ""),
+            figure("Servers holding them", server_count as f64, ""),
+            figure(
+                "Load generator processes holding them",
+                result.workers as f64,
+                "",
+            ),
             figure(
                 "Failed connection attempts",
                 result.connect_failures as f64,
@@ -639,14 +718,14 @@ async fn capacity_scenario(
             figure("Alive after the hold", result.alive_after_hold as f64, ""),
             figure("Connects per second", result.connects_per_sec, "/s"),
             figure(
-                "Server RSS before",
+                "Server RSS before (all servers)",
                 result
                     .server_rss_kib_baseline
                     .map_or(f64::NAN, |v| v as f64 / 1024.0),
                 "MiB",
             ),
             figure(
-                "Server RSS with all connections",
+                "Server RSS with all connections (all servers)",
                 result
                     .server_rss_kib_connected
                     .map_or(f64::NAN, |v| v as f64 / 1024.0),

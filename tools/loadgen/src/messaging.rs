@@ -104,18 +104,29 @@ impl Streams {
         let receivers = api
             .register_many(&format!("{prefix}r"), pairs as usize, 8)
             .await?;
-        Self::connect(api, &senders, &receivers).await
+        Self::connect(api, api, &senders, &receivers).await
     }
 
-    pub async fn connect(api: &Api, senders: &[Account], receivers: &[Account]) -> Result<Self> {
-        let connect_all = |accounts: &[Account]| {
+    /// One socket per account: senders' through `sender_api`, receivers'
+    /// through `receiver_api` (another replica of the cluster, or the same).
+    pub async fn connect(
+        sender_api: &Api,
+        receiver_api: &Api,
+        senders: &[Account],
+        receivers: &[Account],
+    ) -> Result<Self> {
+        let connect_all = |api: &Api, accounts: &[Account]| {
+            let api = api.clone();
             futures::stream::iter(accounts.to_vec())
-                .map(|account| async move { api.socket(&account, None).await })
+                .map(move |account| {
+                    let api = api.clone();
+                    async move { api.socket(&account, None).await }
+                })
                 .buffered(64)
                 .collect::<Vec<_>>()
         };
-        let sender_sockets = connect_all(senders).await;
-        let receiver_sockets = connect_all(receivers).await;
+        let sender_sockets = connect_all(sender_api, senders).await;
+        let receiver_sockets = connect_all(receiver_api, receivers).await;
         let mut pairs = Vec::with_capacity(senders.len());
         for (((s, r), ss), rs) in senders
             .iter()

@@ -227,7 +227,8 @@ fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// CPU time (user + system) of `pid` ("self" for this process) in seconds,
+/// CPU time (user + system) of `pid` ("self" for this process) and of its
+/// children that have exited (the capacity scenario's workers), in seconds,
 /// from `/proc/<pid>/stat` (assuming the usual 100 clock ticks per second).
 pub fn read_cpu_secs(pid: &str) -> Option<f64> {
     parse_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
@@ -237,10 +238,13 @@ fn parse_cpu_secs(stat: &str) -> Option<f64> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
+    // utime, stime, cutime and cstime are fields 14 to 17; `rest` starts at field 3.
+    let ticks = fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// Soft limit of open files of `pid` ("self" for this process).
@@ -310,6 +314,9 @@ mod tests {
         assert!(read_rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
         let stat = "1234 (par ley) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0";
         assert_eq!(parse_cpu_secs(stat), Some(3.0));
+        // Children that have exited count too.
+        let stat = "1234 (par ley) S 1 2 3 4 5 6 7 8 9 10 250 50 70 30 20 0";
+        assert_eq!(parse_cpu_secs(stat), Some(4.0));
         assert_eq!(parse_cpu_secs("1 (x) S 1"), None);
         assert!(read_cpu_secs("self").is_some());
     }
