@@ -185,7 +185,7 @@ if [ "$scenario" = capacity ] && [ "$hard" != unlimited ] && [ "$hard" -lt 10100
     ulimit -Sn 1048576
     log "open files: raised the hard limit to 1048576"
   else
-    warn "the hard limit of open files is $hard and cannot be raised here (no CAP_SYS_RESOURCE): the capacity run holds at most ~$((hard - 1000)) connections"
+    log "the hard limit of open files is $hard and cannot be raised here (no CAP_SYS_RESOURCE): each server and load-generator process holds at most ~$((hard - 1500)) sockets, so the capacity run uses several"
   fi
 fi
 nofile="$(ulimit -Sn)"
