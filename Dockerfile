@@ -25,6 +25,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
+# Patched crates ([patch.crates-io]) are sources the recipe does not carry.
+COPY vendor vendor
 # Dependencies only: cached until Cargo.toml/Cargo.lock change.
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin parley
 COPY . .
