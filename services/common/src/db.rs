@@ -62,15 +62,40 @@ pub fn connect_options(url: &SecretString, schema: &str) -> Result<PgConnectOpti
     Ok(options.options([("search_path", schema), ("timezone", "UTC")]))
 }
 
+/// A pooled connection idle for at least this long is pinged before use.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// Pool settings shared by every service pool.
+///
+/// sqlx pings every connection on every acquire by default: one more round
+/// trip to PostgreSQL per query, which cost about a fifth of the read
+/// throughput (docs/performance.md). Only a connection idle for
+/// [`PING_IF_IDLE_FOR`] is pinged: a database that restarted or a link that
+/// dropped was down for longer than that, so a connection that outlived it
+/// was idle meanwhile. A connection that fails while in use is closed by
+/// sqlx and its query returns the error.
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// A pool whose connections see only `schema` (plus `pg_catalog`).
 pub async fn connect(
     url: &SecretString,
     schema: &str,
     max_connections: u32,
 ) -> Result<PgPool, DbError> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+    pool_options(max_connections)
         .connect_with(connect_options(url, schema)?)
         .await
         .map_err(DbError::Connect)
@@ -83,10 +108,7 @@ pub fn connect_lazy(
     schema: &str,
     max_connections: u32,
 ) -> Result<PgPool, DbError> {
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(connect_options(url, schema)?))
+    Ok(pool_options(max_connections).connect_lazy_with(connect_options(url, schema)?))
 }
 
 /// Applies `service`'s migrations as the owner at `url`, then grants

@@ -734,3 +734,40 @@ async fn an_oversized_body_is_read_before_the_413_and_the_connection_survives() 
         .expect("a third response on the same connection");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 }
+
+/// The pool pings only connections idle for a while (a ping on every acquire
+/// was a round trip per query): one that died while idle is replaced before
+/// use, and one that dies between two quick queries fails one and is replaced.
+#[tokio::test]
+async fn a_pooled_connection_that_died_is_replaced() {
+    use parley_common::db;
+    let database = testing::TestDatabase::create().await;
+    let pool = db::connect(database.url(), "public", 1).await.unwrap();
+    let mut admin = testing::admin_connection().await;
+    let backend = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+    };
+    let kill = |pid: i32| format!("SELECT pg_terminate_backend({pid}, 5000)");
+
+    // Died while idle past PING_IF_IDLE_FOR: the ping finds out, the query
+    // gets a new connection.
+    let first = backend(pool.clone()).await.unwrap();
+    admin.execute(kill(first).as_str()).await.unwrap();
+    tokio::time::sleep(db::PING_IF_IDLE_FOR + Duration::from_millis(200)).await;
+    let second = backend(pool.clone())
+        .await
+        .expect("a connection that died while idle is replaced before use");
+    assert_ne!(first, second);
+
+    // Died between two quick queries: not pinged, so that query fails, and
+    // the pool has dropped the connection for the next one.
+    admin.execute(kill(second).as_str()).await.unwrap();
+    assert!(backend(pool.clone()).await.is_err());
+    let third = backend(pool.clone())
+        .await
+        .expect("the next query gets a new connection");
+    assert_ne!(second, third);
+    pool.close().await;
+}

@@ -161,7 +161,8 @@ struct CapacityArgs {
     hold: f64,
     /// Another server of the same cluster (a replica on the same database and
     /// broker), repeatable: connections are dealt over --base-url and these
-    /// in turn, and the heartbeat pair goes from the first to the last.
+    /// in turn, and the heartbeat pair goes from the first to the last (at
+    /// most 63).
     #[arg(long = "replica", value_name = "URL")]
     replicas: Vec<String>,
     /// The process of each --replica, in the same order, to read its memory.
@@ -601,6 +602,9 @@ async fn capacity_scenario(
     let source_addrs = api::parse_source_addrs(&args.source_addrs).map_err(anyhow::Error::msg)?;
     if !args.replica_pids.is_empty() && args.replica_pids.len() != args.replicas.len() {
         bail!("give one --replica-pid per --replica, in the same order, or none");
+    }
+    if args.replicas.len() > 63 {
+        bail!("at most 63 --replica (64 servers)");
     }
     let mut servers = vec![capacity::Server {
         api: Api::new(base, 16)?,
