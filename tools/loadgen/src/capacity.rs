@@ -130,9 +130,17 @@ pub struct CapacityResult {
     pub loadavg_connected: [f64; 3],
 }
 
+/// Each server's RSS in KiB, where its PID is known.
+fn servers_rss(servers: &[Server]) -> Vec<Option<u64>> {
+    servers
+        .iter()
+        .map(|s| s.pid.and_then(read_rss_kib))
+        .collect()
+}
+
 /// The sum of every server's RSS, if all are known.
 fn total_rss(servers: &[Server]) -> Option<u64> {
-    servers.iter().map(|s| s.pid.and_then(read_rss_kib)).sum()
+    servers_rss(servers).into_iter().sum()
 }
 
 /// Connection `i` of `0..total` goes to server `i % servers`: how many each gets.
@@ -140,6 +148,13 @@ fn per_server(total: usize, servers: usize) -> Vec<usize> {
     (0..servers)
         .map(|s| total / servers + usize::from(s < total % servers))
         .collect()
+}
+
+/// (connected, failed) over every worker.
+fn sum_progress(progress: &[(usize, usize)]) -> (usize, usize) {
+    progress
+        .iter()
+        .fold((0, 0), |(c, f), (pc, pf)| (c + pc, f + pf))
 }
 
 /// Splits `0..total` into `workers` contiguous (first, count) ranges.
@@ -242,11 +257,7 @@ pub async fn run(prefix: &str, plan: &CapacityPlan) -> Result<CapacityResult> {
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let baselines: Vec<Option<u64>> = plan
-        .servers
-        .iter()
-        .map(|s| s.pid.and_then(read_rss_kib))
-        .collect();
+    let baselines = servers_rss(&plan.servers);
     let baseline: Option<u64> = baselines.iter().copied().sum();
     eprintln!(
         "opening {} idle connections to {} server(s) from {} source addresses in {workers} \
@@ -276,24 +287,27 @@ pub async fn run(prefix: &str, plan: &CapacityPlan) -> Result<CapacityResult> {
     }
     drop(tx);
 
-    let mut progress: HashMap<usize, (usize, usize)> = HashMap::new();
-    let mut done: HashMap<usize, (usize, usize, Option<String>)> = HashMap::new();
+    // Per worker: (connected, failed) so far, and whether it has finished.
+    let mut progress = vec![(0usize, 0usize); workers];
+    let mut first_failures: Vec<Option<String>> = vec![None; workers];
+    let mut finished = 0;
     let mut last_report = Instant::now();
-    while done.len() < workers {
+    while finished < workers {
         let Some((index, message)) = rx.recv().await else {
             bail!("every worker stopped before connecting");
         };
         match message {
             Some(WorkerMessage::Progress { connected, failed }) => {
-                progress.insert(index, (connected, failed));
+                progress[index] = (connected, failed);
             }
             Some(WorkerMessage::Connected {
                 connected,
                 failed,
                 first_failure,
             }) => {
-                progress.insert(index, (connected, failed));
-                done.insert(index, (connected, failed, first_failure));
+                progress[index] = (connected, failed);
+                first_failures[index] = first_failure;
+                finished += 1;
             }
             Some(WorkerMessage::Report { .. }) => {}
             None => {
@@ -302,9 +316,7 @@ pub async fn run(prefix: &str, plan: &CapacityPlan) -> Result<CapacityResult> {
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();
-            let (connected, failed) = progress
-                .values()
-                .fold((0, 0), |(c, f), (pc, pf)| (c + pc, f + pf));
+            let (connected, failed) = sum_progress(&progress);
             eprintln!(
                 "  {connected} connected, {failed} failed ({:.0} s, server RSS {} KiB)",
                 started.elapsed().as_secs_f64(),
@@ -313,19 +325,12 @@ pub async fn run(prefix: &str, plan: &CapacityPlan) -> Result<CapacityResult> {
         }
     }
     let connect_secs = started.elapsed().as_secs_f64();
-    let mut order: Vec<_> = done.into_iter().collect();
-    order.sort_by_key(|(index, _)| *index);
-    let connected: usize = order.iter().map(|(_, (c, _, _))| c).sum();
-    let failures: usize = order.iter().map(|(_, (_, f, _))| f).sum();
-    let first_failure = order.iter().find_map(|(_, (_, _, first))| first.clone());
+    let (connected, failures) = sum_progress(&progress);
+    let first_failure = first_failures.into_iter().flatten().next();
     eprintln!("  {connected} connected, {failures} failed in {connect_secs:.1} s; settling");
     // Let the servers finish the connect handlers and presence work.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let connected_rss: Vec<Option<u64>> = plan
-        .servers
-        .iter()
-        .map(|s| s.pid.and_then(read_rss_kib))
-        .collect();
+    let connected_rss = servers_rss(&plan.servers);
     let connected_total: Option<u64> = connected_rss.iter().copied().sum();
     let loadavg_connected = read_loadavg();
 
