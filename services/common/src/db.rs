@@ -73,7 +73,9 @@ pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// [`PING_IF_IDLE_FOR`] is pinged: a database that restarted or a link that
 /// dropped was down for longer than that, so a connection that outlived it
 /// was idle meanwhile. A connection that fails while in use is closed by
-/// sqlx and its query returns the error.
+/// sqlx and its query returns the error. (sqlx 0.8 also pings every
+/// connection as it goes back to the pool, in a task of its own, after the
+/// query has answered; that one cannot be switched off.)
 fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)

@@ -761,14 +761,25 @@ async fn a_pooled_connection_that_died_is_replaced() {
         .expect("a connection that died while idle is replaced before use");
     assert_ne!(first, second);
 
-    // Died between two quick queries: not pinged, so that query fails, and
-    // the pool has dropped the connection for the next one. (On a loaded
-    // machine the kill may take longer than PING_IF_IDLE_FOR; then the ping
-    // finds out instead, as above.)
+    // Died between two quick queries: not pinged on acquire, so that query
+    // fails, and the pool has dropped the connection for the next one. sqlx
+    // pings a connection when it goes back to the pool, in a task of its own:
+    // the kill waits until that is done (the connection is idle again), or
+    // that ping would find it dead. (On a loaded machine the kill may take
+    // longer than PING_IF_IDLE_FOR; then the acquire ping finds out instead.)
+    let back_in_pool = async {
+        while pool.num_idle() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), back_in_pool)
+        .await
+        .expect("the connection goes back to the pool");
     let used = std::time::Instant::now();
     admin.execute(kill(second).as_str()).await.unwrap();
     let after_kill = backend(pool.clone()).await;
-    if used.elapsed() < db::PING_IF_IDLE_FOR {
+    // (The connection went idle up to a poll before `used`: leave a margin.)
+    if used.elapsed() + Duration::from_millis(50) < db::PING_IF_IDLE_FOR {
         assert!(
             after_kill.is_err(),
             "a connection used within the second is not pinged"
