@@ -67,15 +67,15 @@ pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Pool settings shared by every service pool.
 ///
-/// sqlx pings every connection on every acquire by default: one more round
-/// trip to PostgreSQL per query, which cost about a fifth of the read
-/// throughput (docs/performance.md). Only a connection idle for
-/// [`PING_IF_IDLE_FOR`] is pinged: a database that restarted or a link that
-/// dropped was down for longer than that, so a connection that outlived it
-/// was idle meanwhile. A connection that fails while in use is closed by
-/// sqlx and its query returns the error. (sqlx 0.8 also pings every
-/// connection as it goes back to the pool, in a task of its own, after the
-/// query has answered; that one cannot be switched off.)
+/// sqlx pings every connection on every acquire by default, and again as it
+/// goes back to the pool: two more round trips to PostgreSQL per query
+/// (docs/performance.md, items 10 and 11). Only a connection idle for
+/// [`PING_IF_IDLE_FOR`] is pinged before use: a database that restarted or a
+/// link that dropped was down for longer than that, so a connection that
+/// outlived it was idle meanwhile. The ping on release is skipped by the
+/// patched sqlx-core (vendor/README.md) when the query or transaction
+/// finished cleanly; after an error or a cancelled query it still runs, and a
+/// dead connection is closed there, so only the query that met it fails.
 fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
