@@ -112,22 +112,23 @@ impl Metrics {
     }
 }
 
-/// Middleware recording request count and latency.
+/// Middleware recording request count and latency, by method, route
+/// template (from the response: [`crate::http::layers`] keeps it there) and
+/// status.
 pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
-    let route = crate::http::layers::route_label(&request);
+    let method = request.method().clone();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let route = crate::http::layers::route_label(&response);
     metrics
         .inner
         .requests
-        .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+        .with_label_values(&[method.as_str(), route, response.status().as_str()])
         .inc();
     metrics
         .inner
         .duration
-        .with_label_values(&[method.as_str(), route.as_str()])
+        .with_label_values(&[method.as_str(), route])
         .observe(started.elapsed().as_secs_f64());
     response
 }

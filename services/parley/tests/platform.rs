@@ -411,6 +411,17 @@ async fn operational_endpoints_answer_in_the_contract_shape() {
         );
     }
     register(&app, "metered").await;
+    // Answered by the JSON 404, and by the body layer before any route.
+    let missing = plain().get(app.url("/no/such/route")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let oversized = plain()
+        .post(app.url("/user/login"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 413);
     let metrics = plain()
         .get(app.url("/metrics"))
         .send()
@@ -421,6 +432,12 @@ async fn operational_endpoints_answer_in_the_contract_shape() {
         .unwrap();
     assert!(metrics.contains("parley_http_requests_total{method=\"POST\",route=\"/user/register\",status_code=\"200\"} 1"), "{metrics}");
     assert!(metrics.contains("parley_user_registrations_total{status=\"success\"} 1"));
+    for unmatched in [
+        "parley_http_requests_total{method=\"GET\",route=\"unmatched\",status_code=\"404\"} 1",
+        "parley_http_requests_total{method=\"POST\",route=\"unmatched\",status_code=\"413\"} 1",
+    ] {
+        assert!(metrics.contains(unmatched), "{unmatched} in {metrics}");
+    }
     for hidden in ["/user/metrics", "/api/user/metrics"] {
         assert_eq!(
             plain().get(app.url(hidden)).send().await.unwrap().status(),

@@ -1,14 +1,14 @@
 //! The layer stack every public response passes through, outermost first:
-//! panic catcher → request id → trace span → security headers → preflight
-//! status → CORS → body read (413 when too large) → body limit → routing →
-//! metrics (labelled with the matched route) → the route.
+//! panic catcher → request id → trace span → metrics → security headers →
+//! preflight status → CORS → body read (413 when too large) → body limit →
+//! routes.
 //!
 //! The stack wraps the router once, from outside. `Router::layer` would wrap
 //! every route in each layer instead, and every wrapped level clones a boxed
 //! service and boxes a future on every request: with one layer per security
 //! header that was 20 levels, about 40 allocations per request
-//! (docs/performance.md, item 12). Only the metrics middleware stays inside,
-//! where the matched route is known.
+//! (docs/performance.md, item 12). One small layer stays inside the router:
+//! it puts the matched route template on the response, for the metrics.
 //!
 //! These are the gateway duties the original left to nginx and helmet (§1.5,
 //! §2.5–§2.7), so a Kubernetes Ingress can route by prefix with nothing else.
@@ -56,10 +56,7 @@ pub struct RequestId(pub Uuid);
 
 /// Wraps `router` in the shared layer stack (module docs).
 pub fn apply(router: Router, settings: &HttpSettings, metrics: Metrics) -> Router {
-    let routed = router.layer(middleware::from_fn_with_state(
-        metrics,
-        crate::metrics::track,
-    ));
+    let routed = router.route_layer(middleware::from_fn(keep_matched_path));
     let headers: Arc<[(HeaderName, HeaderValue)]> = security_headers(settings.hsts).into();
     let stack = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(|_| {
@@ -76,6 +73,10 @@ pub fn apply(router: Router, settings: &HttpSettings, metrics: Metrics) -> Route
                 tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
             }),
         )
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ))
         .map_response(move |response| with_security_headers(response, &headers))
         .layer(middleware::from_fn(preflight_no_content))
         .layer(cors(&settings.cors_origins))
@@ -293,11 +294,23 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// The route template of a request, for metric labels.
-pub fn route_label(request: &Request) -> String {
-    request
+/// Copies the matched route template from the request to the response, where
+/// the metrics middleware outside the router finds it.
+async fn keep_matched_path(request: Request, next: Next) -> Response {
+    let path = request.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(request).await;
+    if let Some(path) = path {
+        response.extensions_mut().insert(path);
+    }
+    response
+}
+
+/// The route template a response answered, for metric labels: `unmatched`
+/// for the JSON 404 and for what the layers answered themselves (CORS
+/// preflights, 413s).
+pub fn route_label(response: &Response) -> &str {
+    response
         .extensions()
         .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned())
+        .map_or("unmatched", MatchedPath::as_str)
 }
