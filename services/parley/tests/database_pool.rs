@@ -4,8 +4,9 @@
 //! query.
 //!
 //! sqlx-core is patched (vendor/README.md) so that a connection going back to
-//! the pool is not pinged unless it has something left to send; the pool
-//! pings a connection idle for `PING_IF_IDLE_FOR` before use.
+//! the pool is not pinged when its query or transaction finished cleanly and
+//! it has nothing left to send; the pool pings a connection idle for
+//! `PING_IF_IDLE_FOR` before use.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
